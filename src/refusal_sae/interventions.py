@@ -1,0 +1,323 @@
+"""The one implementation of every edit to the residual stream.
+
+All interventions act on ``h_l``, the residual stream after decoder block ``l`` (``resid_post``);
+layer ``-1`` is the embedding output, so directional ablation also covers the stream entering block 0.
+The same edit objects work in a plain forward, a forward+backward and ``generate`` (KV cache): a
+:class:`StreamState` tracks which padded positions each call sees, so position masks such as
+"prompt only" or "BOS only" stay right on generated tokens.
+
+SAE splicing keeps the SAE error: ``h' = dec(f') + (h - dec(f)) = h + dec(f') - dec(f)``, so an
+unedited splice returns ``h`` exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+PositionKind = Literal["all", "prompt", "bos", "from"]
+
+
+@dataclass(frozen=True)
+class PositionMask:
+    """Which token positions an edit touches.
+
+    ``all``: every position, prompt and generated; ``prompt``: prompt tokens only; ``bos``: the first
+    real (non-pad) token of each row; ``from``: positions ``>= start`` counted from the first real
+    token of each row.
+    """
+
+    kind: PositionKind = "all"
+    start: int = 0
+
+
+@dataclass
+class StreamState:
+    """Positions seen by the current forward call, in left-padded coordinates."""
+
+    offset: int = 0
+    prompt_length: int | None = None
+    pad_lengths: Tensor | None = None
+
+    def mask(self, spec: PositionMask, batch: int, length: int, device: torch.device) -> Tensor:
+        """Boolean ``[batch, length]`` mask of the positions ``spec`` selects in this call."""
+        if spec.kind == "all":
+            return torch.ones(batch, length, dtype=torch.bool, device=device)
+        index = torch.arange(self.offset, self.offset + length, device=device).expand(batch, length)
+        pads = (
+            self.pad_lengths.to(device).view(-1, 1)
+            if self.pad_lengths is not None
+            else torch.zeros(batch, 1, dtype=torch.long, device=device)
+        )
+        if spec.kind == "prompt":
+            limit = self.prompt_length if self.prompt_length is not None else self.offset + length
+            return (index < limit) & (index >= pads)
+        if spec.kind == "bos":
+            return index == pads
+        return index >= pads + spec.start
+
+
+class ResidualEdit(Protocol):
+    """An edit of ``h_l``; ``layers`` lists where it acts (``-1`` = embeddings)."""
+
+    layers: Sequence[int]
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor: ...
+
+
+def _unit(vector: Tensor) -> Tensor:
+    return vector / vector.norm().clamp_min(1e-12)
+
+
+@dataclass
+class DirectionAblation:
+    """``h <- h - (r̂·h) r̂`` at every layer and position (METHOD.md section 2)."""
+
+    direction: Tensor
+    layers: Sequence[int]
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        r = _unit(self.direction).to(hidden)
+        return hidden - (hidden @ r).unsqueeze(-1) * r
+
+
+@dataclass
+class ActivationAddition:
+    """``h_l <- h_l + alpha * r`` at one layer, on the masked positions."""
+
+    direction: Tensor
+    layer: int
+    alpha: float = 1.0
+    positions: PositionMask = field(default_factory=PositionMask)
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return [self.layer]
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        b, t, _ = hidden.shape
+        mask = state.mask(self.positions, b, t, hidden.device).unsqueeze(-1).to(hidden.dtype)
+        return hidden + self.alpha * mask * self.direction.to(hidden)
+
+
+class SparseAutoencoder(Protocol):
+    """What the splice needs from an SAE (sae-lens ``SAE`` satisfies it)."""
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, feature_acts: Tensor) -> Tensor: ...
+
+
+def splice(sae: SparseAutoencoder, hidden: Tensor, edit_latents) -> Tensor:
+    """Replace ``h`` by ``dec(edit(f)) + error`` with ``f = enc(h)``; the error term is preserved."""
+    latents = sae.encode(hidden)
+    edited = edit_latents(latents)
+    if edited is latents:
+        return hidden
+    return hidden + (sae.decode(edited) - sae.decode(latents)).to(hidden.dtype)
+
+
+FeatureMode = Literal["scale", "set", "zero", "keep"]
+
+
+@dataclass
+class FeatureEdit:
+    """Scale, set or zero SAE latents at chosen layers and positions (METHOD.md section 6).
+
+    ``features[l]`` lists latent indices at layer ``l``. ``row_active`` (optional, ``[batch, n_l]``
+    booleans per layer) restricts each batch row to its own feature set, so per-prompt sets are applied
+    in one batched pass. ``mode``: ``scale`` (``f <- value * f``), ``set`` (``f <- value``), ``zero``,
+    or ``keep`` (hold the latents at ``hold[l]``, e.g. their original values while others are edited).
+    """
+
+    saes: Mapping[int, SparseAutoencoder]
+    features: Mapping[int, Tensor]
+    mode: FeatureMode = "scale"
+    value: float = -3.0
+    positions: PositionMask = field(default_factory=PositionMask)
+    row_active: Mapping[int, Tensor] | None = None
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return sorted(self.features)
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        index = self.features[layer].to(hidden.device)
+        if index.numel() == 0:
+            return hidden
+        b, t, _ = hidden.shape
+        where = state.mask(self.positions, b, t, hidden.device).unsqueeze(-1)  # [b, t, 1]
+        if self.row_active is not None:
+            rows = self.row_active[layer].to(hidden.device)[:b].unsqueeze(1)  # [b, 1, n]
+            where = where & rows
+
+        def edit(latents: Tensor) -> Tensor:
+            current = latents[..., index]
+            if self.mode == "scale":
+                target = current * self.value
+            elif self.mode == "set":
+                target = torch.full_like(current, self.value)
+            elif self.mode == "zero":
+                target = torch.zeros_like(current)
+            else:
+                return latents
+            edited = latents.clone()
+            edited[..., index] = torch.where(where, target, current)
+            return edited
+
+        return splice(self.saes[layer], hidden, edit)
+
+
+@dataclass
+class SAEReconstruction:
+    """``h <- dec(enc(h))`` (error dropped): the SAE-replaced stream used for CE-recovered."""
+
+    saes: Mapping[int, SparseAutoencoder]
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return sorted(self.saes)
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        sae = self.saes[layer]
+        return sae.decode(sae.encode(hidden)).to(hidden.dtype)
+
+
+@dataclass
+class ZeroAblation:
+    """``h <- 0`` at the given layers (the reference point of CE-recovered)."""
+
+    layers: Sequence[int]
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        return torch.zeros_like(hidden)
+
+
+@dataclass
+class Recorder:
+    """Records ``h_l`` (detached, float32, on CPU) at the given layers; changes nothing."""
+
+    layers: Sequence[int]
+    outputs: dict[int, list[Tensor]] = field(default_factory=dict)
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        self.outputs.setdefault(layer, []).append(hidden.detach().float().cpu())
+        return hidden
+
+
+@dataclass
+class StraightThroughTarget:
+    """Forward value of ``h_l`` becomes ``targets[l]``; gradients flow through ``h_l`` unchanged.
+
+    Used by integrated gradients: every SAE layer sits at its interpolated point while ``∂m/∂h_l``
+    still includes every downstream path (later targets act as constant offsets). The edited outputs
+    are kept in ``outputs`` with ``retain_grad`` so their gradients can be read after ``backward``.
+    """
+
+    targets: Mapping[int, Tensor]
+    outputs: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return sorted(self.targets)
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        target = self.targets[layer].to(hidden)
+        out = hidden + (target - hidden).detach()
+        if out.requires_grad:
+            out.retain_grad()
+        self.outputs[layer] = out
+        return out
+
+
+class StopForward(Exception):
+    """Raised by :func:`intervene` after the last needed layer to skip the rest of the model."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder-block list of a transformers causal LM (found structurally, not by family)."""
+    base = getattr(model, "model", model)
+    for name in ("layers", "h", "blocks"):
+        layers = getattr(base, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(f"{type(model).__name__}: cannot find the decoder layer list")
+
+
+def embedding_module(model: nn.Module) -> nn.Module:
+    """The token-embedding module (its output is ``h_{-1}``)."""
+    return model.get_input_embeddings()
+
+
+@contextlib.contextmanager
+def intervene(
+    model: nn.Module,
+    edits: Sequence[ResidualEdit],
+    stop_after: int | None = None,
+) -> Iterator[StreamState]:
+    """Apply ``edits`` in order at their layers for every forward call inside the block.
+
+    ``stop_after``: raise :class:`StopForward` once layer ``stop_after`` has run (activation caching
+    needs no later layer). Yields the :class:`StreamState` the edits see.
+    """
+    state = StreamState()
+    layers = decoder_layers(model)
+    base = getattr(model, "model", model)
+    handles = []
+
+    def track(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        length = (ids if ids is not None else embeds).shape[1]
+        cache = kwargs.get("past_key_values")
+        seen = cache.get_seq_length() if cache is not None else 0
+        state.offset = int(seen)
+        if seen == 0:
+            state.prompt_length = int(length)
+            mask = kwargs.get("attention_mask")
+            if mask is not None and mask.dim() == 2:
+                state.pad_lengths = (mask.cumsum(-1) == 0).sum(-1)
+            else:
+                state.pad_lengths = None
+
+    handles.append(base.register_forward_pre_hook(track, with_kwargs=True))
+
+    by_layer: dict[int, list[ResidualEdit]] = {}
+    for edit in edits:
+        for layer in edit.layers:
+            by_layer.setdefault(int(layer), []).append(edit)
+    if stop_after is not None:
+        by_layer.setdefault(stop_after, [])
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            for edit in by_layer.get(layer, []):
+                hidden = edit(layer, hidden, state)
+            if stop_after is not None and layer == stop_after:
+                raise StopForward
+            if isinstance(output, tuple):
+                return (hidden, *output[1:])
+            return hidden
+
+        return hook
+
+    for layer in by_layer:
+        module = embedding_module(model) if layer == -1 else layers[layer]
+        handles.append(module.register_forward_hook(make_hook(layer)))
+    try:
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_until(model: nn.Module, edits: Sequence[ResidualEdit], last_layer: int, **inputs) -> None:
+    """Forward ``inputs`` with ``edits``, stopping after ``last_layer`` (for activation caching)."""
+    with intervene(model, edits, stop_after=last_layer), contextlib.suppress(StopForward):
+        model(**inputs, use_cache=False)

@@ -1,0 +1,50 @@
+"""Parquet artifacts: atomic writes with the producing settings stored as key-value metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METADATA_KEY = b"refusal_sae"
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``df`` to ``path`` atomically (temporary file, then rename) with JSON metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(metadata, default=str, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an artifact; a missing file is reported by name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: artifact not found")
+    return pd.read_parquet(path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings stored with an artifact by :func:`write_parquet` (empty if none)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(METADATA_KEY)
+    return json.loads(raw) if raw else {}

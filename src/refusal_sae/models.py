@@ -1,0 +1,202 @@
+"""Chat models: loading (hub id, local HF directory, GGUF), chat rendering and per-model facts.
+
+A model artifact is a manifest ``resources/models/{model}/manifest.json`` naming where the weights
+are: ``{"kind": "hub", "repo_id": ...}`` for hub models (loaded through the HF cache) or
+``{"kind": "local", "path": ...}`` for a saved HF directory (converted GGUF, fine-tuned organism).
+Facts such as the layer list, refusal token ids and template lengths are derived from the model and
+its tokenizer, never tabled per family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .interventions import decoder_layers
+
+_PROBE_A = "apple pie"
+_PROBE_B = "Quick zebra? Yes."
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``float32``/``bfloat16``/``float16`` to a torch dtype; an unknown name is an error."""
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError as exc:
+        raise ValueError(f"dtype: {name!r} is not one of float32, bfloat16, float16") from exc
+
+
+def load_pretrained(
+    location: str, gguf_file: str | None = None, dtype: str = "float32", revision: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a hub id or a local directory (optionally a GGUF file)."""
+    kwargs: dict[str, Any] = {}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if revision:
+        kwargs["revision"] = revision
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype), **kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+def save_hf_directory(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: str | os.PathLike) -> Path:
+    """Save model + tokenizer as a normal HF directory, atomically (temporary dir, then rename)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Write a model manifest atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Per-model facts derived from the loaded model and tokenizer."""
+
+    n_layers: int
+    d_model: int
+    refusal_token_ids: tuple[int, ...]
+    prefix_length: int
+    """Template tokens before the user text (BOS, any system block, the user header)."""
+    suffix_length: int
+    """Post-instruction template tokens after the user text (end of turn, assistant header)."""
+
+
+@dataclass
+class ChatModel:
+    """A loaded chat model with its tokenizer and derived facts."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    facts: ModelFacts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, prompts: Sequence[str]) -> list[str]:
+        """Render user prompts with the model's own chat template and the generation prompt."""
+        return [render_chat(self.tokenizer, p) for p in prompts]
+
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Chat-render and tokenise a batch (left padding, no extra special tokens)."""
+        batch = self.tokenizer(
+            self.render(prompts), return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str | None = None) -> str:
+    """One user turn rendered by the tokenizer's template (plus an assistant response if given)."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return text if response is None else text + response
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def derive_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, refusal_tokens: Sequence[str]) -> ModelFacts:
+    """Derive layer count, width, refusal token ids and template lengths from the model itself."""
+    ids_a = tokenizer(render_chat(tokenizer, _PROBE_A), add_special_tokens=False)["input_ids"]
+    ids_b = tokenizer(render_chat(tokenizer, _PROBE_B), add_special_tokens=False)["input_ids"]
+    prefix = _common_prefix(ids_a, ids_b)
+    suffix = _common_prefix(ids_a[::-1], ids_b[::-1])
+    refusal_ids = []
+    for text in refusal_tokens:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"refusal_tokens: {text!r} tokenises to nothing")
+        refusal_ids.append(ids[0])
+    return ModelFacts(
+        n_layers=len(decoder_layers(model)),
+        d_model=int(model.config.hidden_size),
+        refusal_token_ids=tuple(dict.fromkeys(refusal_ids)),
+        prefix_length=prefix,
+        suffix_length=suffix,
+    )
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding (generation), and a pad token when the tokenizer has none."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_chat_model(
+    manifest_path: str | os.PathLike, refusal_tokens: Sequence[str] = ("I",), device: str = "auto",
+    dtype: str | None = None,
+) -> ChatModel:
+    """Load the model a manifest points to, on ``device``, with facts derived."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    dtype = dtype or manifest.get("dtype", "float32")
+    if manifest["kind"] == "hub":
+        model, tokenizer = load_pretrained(manifest["repo_id"], dtype=dtype, revision=manifest.get("revision"))
+    elif manifest["kind"] == "local":
+        path = Path(manifest["path"])
+        if not path.is_absolute():
+            path = Path(manifest_path).parent / path
+        model, tokenizer = load_pretrained(str(path), gguf_file=manifest.get("gguf_file"), dtype=dtype)
+    else:
+        raise ValueError(f"{manifest_path}: unknown manifest kind {manifest['kind']!r}")
+    model.to(pick_device(device))
+    prepare_tokenizer(tokenizer)
+    return ChatModel(model, tokenizer, derive_facts(model, tokenizer, refusal_tokens))
+
+
+def wrap_nnsight(chat: ChatModel, remote: bool = False):
+    """Wrap a loaded model with nnsight's ``TransformersModel`` (remote execution is then a setting)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(chat.model, tokenizer=chat.tokenizer)
+
+
+@torch.no_grad()
+def greedy_generate(chat: ChatModel, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy completions (no interventions), decoded without special tokens."""
+    batch = chat.tokenize(prompts)
+    out = chat.model.generate(
+        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=chat.tokenizer.pad_token_id
+    )
+    new = out[:, batch["input_ids"].shape[1]:]
+    return chat.tokenizer.batch_decode(new, skip_special_tokens=True)

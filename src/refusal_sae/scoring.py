@@ -1,0 +1,61 @@
+"""Next-token scores at the last prompt position: refusal score and first-token distributions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .interventions import ResidualEdit, intervene
+from .models import ChatModel
+
+EditsForRows = Callable[[slice], Sequence[ResidualEdit]]
+
+
+def refusal_score_from_logits(logits: Tensor, refusal_ids: Sequence[int]) -> Tensor:
+    """``log p(R) - log(1 - p(R))`` with ``p(R)`` the total probability of the refusal tokens."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    log_pr = torch.logsumexp(logp[..., list(refusal_ids)], dim=-1)
+    log_not = torch.log1p(-log_pr.exp().clamp(max=1 - 1e-7))
+    return log_pr - log_not
+
+
+@torch.no_grad()
+def last_position_logits(
+    chat: ChatModel,
+    prompts: Sequence[str],
+    edits: Sequence[ResidualEdit] | EditsForRows = (),
+    batch_size: int = 16,
+) -> Tensor:
+    """Logits ``[n, vocab]`` (float32, CPU) at the last prompt position, under ``edits``.
+
+    ``edits`` may be a callable taking the row slice of the batch, for per-prompt interventions.
+    """
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        rows = slice(start, min(start + batch_size, len(prompts)))
+        batch_edits = edits(rows) if callable(edits) else edits
+        batch = chat.tokenize(prompts[rows])
+        with intervene(chat.model, batch_edits):
+            logits = chat.model(**batch, use_cache=False).logits[:, -1]
+        out.append(logits.float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def refusal_scores(
+    chat: ChatModel,
+    prompts: Sequence[str],
+    edits: Sequence[ResidualEdit] | EditsForRows = (),
+    batch_size: int = 16,
+) -> tuple[Tensor, Tensor]:
+    """Refusal score and argmax first token per prompt under ``edits``."""
+    logits = last_position_logits(chat, prompts, edits, batch_size)
+    return refusal_score_from_logits(logits, chat.facts.refusal_token_ids), logits.argmax(-1)
+
+
+def first_token_kl(reference_logits: Tensor, other_logits: Tensor) -> Tensor:
+    """Per-prompt ``KL(reference || other)`` of the next-token distributions."""
+    p = torch.log_softmax(reference_logits.float(), -1)
+    q = torch.log_softmax(other_logits.float(), -1)
+    return (p.exp() * (p - q)).sum(-1)
