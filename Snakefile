@@ -1,0 +1,23 @@
+# Dissecting refusal with sparse autoencoders: the workflow.
+# Run: snakemake --cores 2 (embedded default) | --configfile config/gemma-2-2b-it.yaml (real model)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/baseline.smk"
+include: "rules/saes.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,38 @@
+rule baseline:
+    input:
+        model=lambda w: manifest(w.model),
+        dataset="resources/datasets/{dataset}.parquet",
+    output:
+        "results/{model}/baseline/{dataset}.parquet",
+    params:
+        settings=model_settings,
+        stage=stage_settings("baseline"),
+    threads: workflow.cores
+    log:
+        "logs/{model}/baseline/{dataset}.log",
+    benchmark:
+        "benchmarks/out/{model}/baseline_{dataset}.tsv"
+    script:
+        "../workflow_scripts/baseline.py"
+
+
+rule baseline_metrics:
+    input:
+        lambda w: [f"results/{w.model}/baseline/{d}.parquet" for d in EVAL_DATASETS],
+    output:
+        "results/{model}/metrics/baseline.parquet",
+    log:
+        "logs/{model}/metrics/baseline.log",
+    script:
+        "../workflow_scripts/baseline_metrics.py"
+
+
+rule baseline_report:
+    input:
+        [f"results/{m}/metrics/baseline.parquet" for m in SELECTED],
+    output:
+        "results/report/baseline.md",
+    log:
+        "logs/report/baseline.log",
+    script:
+        "../workflow_scripts/baseline_report.py"

@@ -1,0 +1,74 @@
+# Shared helpers: the typed config view, model/dataset selections, per-model settings for params.
+import json
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
+
+try:
+    CFG = load_pipeline_config(config)
+except ConfigError as exc:
+    raise WorkflowError(f"config error: {exc}") from None
+
+SELECTED = CFG.selected_models()
+ORGANISMS = [m for m, c in CFG.models.items() if c.source.type == "organism"]
+PLAIN_MODELS = [m for m in CFG.models if m not in ORGANISMS]
+ANALYZED = [m for m in SELECTED if CFG.models[m].analyze]
+EVAL_DATASETS = list(CFG.evaluation.datasets) + [CFG.evaluation.harmless_dataset]
+LIB = sorted(str(p) for p in (Path(workflow.basedir) / "src" / "refusal_sae").glob("*.py"))
+
+
+def _alternatives(names):
+    return "|".join(sorted(names)) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    dataset=_alternatives(CFG.datasets),
+    layer=r"\d+",
+
+
+def model_settings(wildcards):
+    """The model's own config block (a change reruns only that model's jobs)."""
+    return json.dumps(config["models"][wildcards.model], sort_keys=True, default=str)
+
+
+def stage_settings(stage):
+    return lambda wildcards: json.dumps(config.get(stage, {}), sort_keys=True, default=str)
+
+
+def manifest(model):
+    return f"resources/models/{model}/manifest.json"
+
+
+def datasets_with_label(label):
+    return [name for name, ds in CFG.datasets.items() if ds.label == label]
+
+
+def all_dataset_files():
+    return [f"resources/datasets/{d}.parquet" for d in CFG.datasets]
+
+
+def sae_layers(model):
+    layers = CFG.models[model].saes.layers
+    if layers == "all":
+        raise WorkflowError(f"models.{model}.saes.layers: list the layers explicitly for the workflow")
+    return list(layers)
+
+
+def gpu_resources(model):
+    return {"gpu": 1} if CFG.models[model].gpu else {}
+
+
+def all_targets():
+    targets = [f"results/{m}/baseline/{d}.parquet" for m in SELECTED for d in EVAL_DATASETS]
+    targets += [f"results/{m}/metrics/baseline.parquet" for m in SELECTED]
+    targets += ["results/report/baseline.md"]
+    for m in ANALYZED:
+        if CFG.models[m].saes.type == "train":
+            targets.append(f"results/{m}/saes/quality.parquet")
+        targets.append(f"resources/saes/{m}/saes.json")
+    return targets

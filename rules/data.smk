@@ -1,0 +1,9 @@
+rule dataset:
+    output:
+        "resources/datasets/{dataset}.parquet",
+    params:
+        settings=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
+    log:
+        "logs/datasets/{dataset}.log",
+    script:
+        "../workflow_scripts/build_dataset.py"

@@ -1,0 +1,35 @@
+rule prepare_model:
+    output:
+        "resources/models/{model}/manifest.json",
+    params:
+        settings=model_settings,
+    wildcard_constraints:
+        model=_alternatives(PLAIN_MODELS),
+    log:
+        "logs/models/{model}.log",
+    benchmark:
+        "benchmarks/out/{model}/prepare_model.tsv"
+    script:
+        "../workflow_scripts/prepare_model.py"
+
+
+rule organism:
+    input:
+        base=lambda w: manifest(CFG.models[w.model].source.base),
+        datasets=all_dataset_files(),
+    output:
+        manifest="resources/models/{model}/manifest.json",
+        training="results/{model}/organism/training.parquet",
+    params:
+        settings=model_settings,
+    wildcard_constraints:
+        model=_alternatives(ORGANISMS),
+    resources:
+        gpu=lambda w: 1 if CFG.models[w.model].gpu else 0,
+    threads: workflow.cores
+    log:
+        "logs/models/{model}.organism.log",
+    benchmark:
+        "benchmarks/out/{model}/organism.tsv"
+    script:
+        "../workflow_scripts/train_organism.py"

@@ -1,0 +1,88 @@
+def trained_layer_files(model):
+    return [f"resources/saes/{model}/layer_{layer}/cfg.json" for layer in sae_layers(model)]
+
+
+rule sae_corpus:
+    input:
+        model=lambda w: manifest(w.model),
+        datasets=all_dataset_files(),
+    output:
+        "results/{model}/saes/corpus.parquet",
+    params:
+        settings=model_settings,
+    threads: workflow.cores
+    log:
+        "logs/{model}/saes/corpus.log",
+    benchmark:
+        "benchmarks/out/{model}/sae_corpus.tsv"
+    script:
+        "../workflow_scripts/sae_corpus.py"
+
+
+rule sae_activations:
+    input:
+        model=lambda w: manifest(w.model),
+        corpus="results/{model}/saes/corpus.parquet",
+    output:
+        temp("resources/saes/{model}/cache/activations.pt"),
+    params:
+        settings=model_settings,
+    threads: workflow.cores
+    log:
+        "logs/{model}/saes/activations.log",
+    benchmark:
+        "benchmarks/out/{model}/sae_activations.tsv"
+    script:
+        "../workflow_scripts/sae_activations.py"
+
+
+rule train_sae:
+    input:
+        "resources/saes/{model}/cache/activations.pt",
+    output:
+        "resources/saes/{model}/layer_{layer}/cfg.json",
+    params:
+        settings=model_settings,
+    threads: 1
+    log:
+        "logs/{model}/saes/train_layer_{layer}.log",
+    benchmark:
+        "benchmarks/out/{model}/train_sae_layer_{layer}.tsv"
+    script:
+        "../workflow_scripts/train_sae.py"
+
+
+rule sae_quality:
+    input:
+        model=lambda w: manifest(w.model),
+        corpus="results/{model}/saes/corpus.parquet",
+        activations="resources/saes/{model}/cache/activations.pt",
+        saes=lambda w: trained_layer_files(w.model),
+    output:
+        "results/{model}/saes/quality.parquet",
+    params:
+        settings=model_settings,
+    threads: workflow.cores
+    log:
+        "logs/{model}/saes/quality.log",
+    benchmark:
+        "benchmarks/out/{model}/sae_quality.tsv"
+    script:
+        "../workflow_scripts/sae_quality.py"
+
+
+rule saes_manifest:
+    input:
+        lambda w: (
+            trained_layer_files(w.model) + [f"results/{w.model}/saes/quality.parquet"]
+            if CFG.models[w.model].saes.type == "train"
+            else []
+        ),
+    output:
+        "resources/saes/{model}/saes.json",
+    params:
+        settings=model_settings,
+    log:
+        "logs/{model}/saes/manifest.log",
+    script:
+        "../workflow_scripts/saes_manifest.py"

@@ -1,0 +1,24 @@
+"""Entry script: chat transcripts (training prompts + the model's own greedy answers) for SAE training."""
+import pandas as pd
+
+from refusal_sae.data import select_prompts
+from refusal_sae.generation import generate
+from refusal_sae.io import read_parquet, write_parquet
+from refusal_sae.models import load_chat_model, render_chat
+from refusal_sae.runtime import start
+
+smk = snakemake  # noqa: F821
+cfg = start(smk.log[0], smk.threads, smk.config)
+spec = cfg.models[smk.wildcards.model]
+chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
+# Never test prompts: the SAE must not have seen the evaluation set.
+rows = select_prompts(pd.concat([read_parquet(p) for p in smk.input.datasets]), ["train", "val"])
+responses = generate(chat, list(rows["prompt"]), max_new_tokens=64, batch_size=cfg.baseline.batch_size)
+texts = [render_chat(chat.tokenizer, p, r) for p, r in zip(rows["prompt"], responses, strict=True)]
+# Hold out the validation prompts' transcripts for the SAE quality table.
+frame = pd.DataFrame({
+    "prompt_id": rows["prompt_id"].to_list(), "label": rows["label"].to_list(),
+    "role": ["heldout" if s == "val" else "train" for s in rows["split"]],
+    "response": responses, "text": texts,
+})
+write_parquet(frame, smk.output[0], {"model": smk.wildcards.model})
