@@ -1,0 +1,180 @@
+"""Evaluation metrics: rates with Wilson intervals and masked next-token cross-entropy (METHOD.md §7).
+
+Cross-entropy is a proper masked mean per sequence: only positions whose ``loss_mask`` is 1 count,
+so padding never enters the value (METHOD.md §14: the original averaged over padded positions), and
+the scored tokens are fixed by the inputs, so every method is scored on the same text. First-token
+KL is :func:`refusal_sae.scoring.first_token_kl`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .interventions import ResidualEdit, intervene
+from .models import ChatModel, render_chat
+from .scoring import EditsForRows, first_token_kl
+
+__all__ = [
+    "LossInputs",
+    "first_token_kl",
+    "masked_cross_entropy",
+    "rate_row",
+    "response_loss_inputs",
+    "text_loss_inputs",
+    "wilson_interval",
+]
+
+Z_95 = 1.959964
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; ``(nan, nan)`` when ``n == 0``."""
+    if n == 0:
+        return math.nan, math.nan
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} outside [0, n={n}]")
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # Clip float noise at the ends (0/n and n/n give exactly 0 and 1 analytically).
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_row(method: str, dataset: str, metric: str, flags: Sequence[bool], **extra: Any) -> dict[str, Any]:
+    """One long-format metrics row: the rate of ``True`` in ``flags`` with its 95% Wilson interval.
+
+    Keys: ``method, dataset, metric, value, ci_low, ci_high, n`` plus ``extra`` (e.g. ``judge``,
+    ``setting`` or a skip ``reason``). ``value`` is NaN for no flags.
+    """
+    n = len(flags)
+    k = int(sum(bool(f) for f in flags))
+    low, high = wilson_interval(k, n)
+    return {"method": method, "dataset": dataset, "metric": metric, "value": k / n if n else math.nan,
+            "ci_low": low, "ci_high": high, "n": n, **extra}
+
+
+class LossInputs(NamedTuple):
+    """Left-padded token batch plus which tokens are scored (``loss_mask[b, t] = 1``: predict token t)."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    loss_mask: Tensor
+
+
+def _left_pad(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], pad_id: int) -> LossInputs:
+    width = max((len(r) for r in rows), default=0)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros(n, width, dtype=torch.long)
+    loss = torch.zeros(n, width, dtype=torch.long)
+    for i, (row, mask) in enumerate(zip(rows, masks, strict=True)):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention[i, width - len(row):] = 1
+            loss[i, width - len(row):] = torch.tensor(mask, dtype=torch.long)
+    return LossInputs(ids, attention, loss)
+
+
+def _pad_id(chat: ChatModel) -> int:
+    pad = chat.tokenizer.pad_token_id
+    return int(pad if pad is not None else chat.tokenizer.eos_token_id)
+
+
+def response_loss_inputs(
+    chat: ChatModel,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_response_tokens: int | None = None,
+) -> LossInputs:
+    """Chat-rendered ``prompt + response`` pairs with only the response tokens scored.
+
+    The prompt part is ``render_chat(tokenizer, prompt)`` tokenised as in generation and the response
+    is tokenised on its own and appended, so the text equals ``render_chat(tokenizer, prompt,
+    response)`` while the scored tokens are exactly the response's, with no BPE merge across the
+    boundary; they depend only on the response text, hence are identical under every method.
+    ``max_response_tokens`` keeps the first tokens of long responses.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+    tok = chat.tokenizer
+    rows: list[list[int]] = []
+    masks: list[list[int]] = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        head = tok(render_chat(tok, prompt), add_special_tokens=False)["input_ids"]
+        tail = tok(response, add_special_tokens=False)["input_ids"] if response else []
+        if max_response_tokens is not None:
+            tail = tail[:max_response_tokens]
+        rows.append(list(head) + list(tail))
+        masks.append([0] * len(head) + [1] * len(tail))
+    return _left_pad(rows, masks, _pad_id(chat))
+
+
+def text_loss_inputs(chat: ChatModel, texts: Sequence[str], max_length: int | None = None) -> LossInputs:
+    """Generic text for CE: BOS (when the tokenizer has one) + text, truncated to ``max_length`` tokens.
+
+    Every real token after the first is scored (the first has no context to be predicted from).
+    """
+    tok = chat.tokenizer
+    bos = tok.bos_token_id
+    rows: list[list[int]] = []
+    masks: list[list[int]] = []
+    for text in texts:
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        # Pretraining-style text starts at BOS; without it the first tokens are out of distribution.
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        if max_length is not None:
+            ids = ids[:max_length]
+        rows.append(ids)
+        masks.append([0] + [1] * (len(ids) - 1) if ids else [])
+    return _left_pad(rows, masks, _pad_id(chat))
+
+
+@torch.no_grad()
+def masked_cross_entropy(
+    chat: ChatModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    edits: Sequence[ResidualEdit] | EditsForRows = (),
+    batch_size: int = 8,
+) -> Tensor:
+    """Per-sequence mean next-token cross-entropy (nats, float32, CPU) over the ``loss_mask`` tokens.
+
+    ``loss_mask[b, t] = 1`` scores the prediction of token ``t`` from the tokens before it; the value
+    is the sum of those token losses divided by their count (NaN for a row with none). Position ids
+    follow the attention mask, so left padding does not change the value. ``edits`` act through
+    :func:`~refusal_sae.interventions.intervene`; a callable gets each batch's row ``slice``.
+    Pass a :class:`LossInputs` as ``*inputs``.
+    """
+    if not (input_ids.shape == attention_mask.shape == loss_mask.shape):
+        raise ValueError("input_ids, attention_mask and loss_mask must have the same shape")
+    device = chat.device
+    out = []
+    for start in range(0, input_ids.shape[0], batch_size):
+        rows = slice(start, min(start + batch_size, input_ids.shape[0]))
+        ids = input_ids[rows].to(device)
+        attention = attention_mask[rows].to(device)
+        # Positions count real tokens only, as generate() does; padding then shifts nothing.
+        positions = (attention.long().cumsum(-1) - 1).clamp_min(0)
+        batch_edits = edits(rows) if callable(edits) else edits
+        with intervene(chat.model, batch_edits):
+            logits = chat.model(
+                input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False
+            ).logits
+        token_loss = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
+        )  # [b, t-1]: loss of predicting token t+1
+        scored = (loss_mask[rows, 1:].to(device) != 0) & (attention[:, 1:] != 0)
+        # where(), not a product: a padded position's logits may be NaN, and 0 * NaN is NaN.
+        total = torch.where(scored, token_loss, torch.zeros_like(token_loss)).sum(-1)
+        count = scored.sum(-1).float()
+        out.append((total / count).cpu())  # 0/0 -> NaN marks a row with nothing to score
+    return torch.cat(out) if out else torch.empty(0)
