@@ -1,0 +1,186 @@
+"""Difference-of-means refusal directions and their selection (METHOD.md section 2).
+
+For every layer ``l`` and each trailing post-instruction position ``t`` (prompts are left padded, so
+these are the last columns of every row) ``r_l(t) = mean_harmful h_l[t] - mean_harmless h_l[t]``.
+Selection follows Arditi et al. (2024): each candidate is scored on a validation split by
+
+* ``ablation_score``: mean refusal score of the harmful prompts under directional ablation of ``r̂`` at
+  every layer (embeddings included) and every position;
+* ``steering_score``: mean refusal score of the harmless prompts when ``r`` (unnormalised) is added at
+  its own layer at every position;
+* ``kl``: mean first-token ``KL(base || ablated)`` on the harmless prompts;
+
+candidates with ``kl > kl_threshold``, ``steering_score < 0`` or a layer in the last
+``exclude_last_fraction`` of the network are discarded and the lowest ``ablation_score`` wins.
+All edits come from :mod:`refusal_sae.interventions`; nothing here touches the residual stream itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .interventions import ActivationAddition, DirectionAblation, Recorder, run_until
+from .models import ChatModel
+from .scoring import first_token_kl, last_position_logits, refusal_score_from_logits
+
+DIRECTION_COLUMNS = [
+    "layer", "position", "ablation_score", "steering_score", "kl", "filtered", "reason", "chosen", "vector",
+]
+
+
+class NoDirectionError(ValueError):
+    """Every candidate direction was filtered out; pin the layer/position instead."""
+
+
+@torch.no_grad()
+def mean_activations(
+    chat: ChatModel, prompts: Sequence[str], n_positions: int, batch_size: int = 16
+) -> Tensor:
+    """Mean ``resid_post`` over ``prompts`` at every layer and the last ``n_positions`` positions.
+
+    Returns ``[n_layers, n_positions, d_model]`` (float32, CPU); index ``p`` is position
+    ``p - n_positions`` from the end. One forward per batch records all layers at once and stops after
+    the last block (no unembedding). Sums are accumulated in float32 whatever the model dtype.
+    """
+    if not prompts:
+        raise ValueError("mean_activations: no prompts")
+    n_layers, d = chat.facts.n_layers, chat.facts.d_model
+    if not 0 < n_positions <= chat.facts.suffix_length:
+        # Beyond the post-instruction template the trailing columns would hold user text, whose
+        # position differs per prompt; a mean over them has no fixed meaning.
+        raise ValueError(
+            f"n_positions={n_positions}: must be in 1..{chat.facts.suffix_length} (the post-instruction "
+            "template length of this model)"
+        )
+    total = torch.zeros(n_layers, n_positions, d, dtype=torch.float32)
+    layers = list(range(n_layers))
+    for start in tqdm(range(0, len(prompts), batch_size), desc="mean activations", leave=False):
+        batch = chat.tokenize(prompts[start:start + batch_size])
+        recorder = Recorder(layers)
+        run_until(chat.model, [recorder], last_layer=n_layers - 1, **batch)
+        for layer in layers:
+            total[layer] += recorder.outputs[layer][0][:, -n_positions:].sum(0)
+    return total / len(prompts)
+
+
+def candidate_directions(harmful_means: Tensor, harmless_means: Tensor) -> Tensor:
+    """Difference of means ``harmful - harmless`` (same shape as the inputs, e.g. ``[L, P, d]``)."""
+    if harmful_means.shape != harmless_means.shape:
+        raise ValueError(f"shape mismatch: {tuple(harmful_means.shape)} vs {tuple(harmless_means.shape)}")
+    return harmful_means.float() - harmless_means.float()
+
+
+def _position_index(n_positions: int, position: int) -> int:
+    """Column index of a negative (from the end) position in a ``[L, P, d]`` candidate tensor."""
+    if not -n_positions <= position <= -1:
+        raise ValueError(f"position {position}: must be in -{n_positions}..-1 (negative, from the end)")
+    return n_positions + position
+
+
+def pinned_direction(candidates: Tensor, layer: int, position: int = -1) -> Tensor:
+    """The candidate at a pinned ``layer`` and negative ``position`` (the studies' fixed layers)."""
+    n_layers, n_positions, _ = candidates.shape
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"direction_layer {layer}: the model has layers 0..{n_layers - 1}")
+    return candidates[layer, _position_index(n_positions, position)].clone()
+
+
+def late_layer_cutoff(n_layers: int, exclude_last_fraction: float) -> int:
+    """First excluded layer: layers ``>= cutoff`` are in the last fraction (Arditi et al.'s rule)."""
+    return int(n_layers * (1.0 - exclude_last_fraction))
+
+
+def score_candidates(
+    chat: ChatModel,
+    candidates: Tensor,
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    kl_threshold: float = 0.1,
+    exclude_last_fraction: float = 0.2,
+    batch_size: int = 16,
+    layers: Sequence[int] | None = None,
+    pinned: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Score candidate directions and choose one (Arditi et al. selection, METHOD.md section 2).
+
+    ``candidates``: ``[n_layers, n_positions, d]`` from :func:`candidate_directions`. ``layers``
+    restricts which layers are considered (default: all). Layers in the excluded last fraction are
+    listed with ``reason="late_layer"`` but not scored (NaN scores): they can never be chosen, and
+    skipping them saves a fifth of the cost. ``pinned=(layer, position)`` scores only that candidate
+    and marks it chosen even when a filter rejects it (its ``reason`` still says why).
+
+    Returns one row per candidate with ``DIRECTION_COLUMNS``; ``position`` is negative from the end;
+    ``reason`` is the first failed filter in the order late_layer, kl, steering (``""`` when kept);
+    ``vector`` holds the unnormalised direction as float32 (Parquet-ready). Raises
+    :class:`NoDirectionError` when every candidate is filtered.
+    """
+    n_layers, n_positions, _ = candidates.shape
+    if n_layers != chat.facts.n_layers:
+        raise ValueError(f"candidates cover {n_layers} layers, the model has {chat.facts.n_layers}")
+    cutoff = late_layer_cutoff(n_layers, exclude_last_fraction)
+    if pinned is not None:
+        pinned_direction(candidates, *pinned)  # validates the indices
+        grid = [(pinned[0], _position_index(n_positions, pinned[1]))]
+    else:
+        chosen_layers = range(n_layers) if layers is None else sorted(set(layers))
+        grid = [(layer, p) for layer in chosen_layers for p in range(n_positions)]
+    ablate_layers = list(range(-1, n_layers))
+
+    # Base harmless logits are shared by every candidate's KL.
+    base_harmless = last_position_logits(chat, harmless_val, (), batch_size)
+    refusal_ids = chat.facts.refusal_token_ids
+    rows = []
+    for layer, p in tqdm(grid, desc="score directions", leave=False):
+        vector = candidates[layer, p].float()
+        row = {"layer": layer, "position": p - n_positions, "vector": vector.numpy().astype(np.float32)}
+        if layer >= cutoff and pinned is None:
+            row.update(ablation_score=np.nan, steering_score=np.nan, kl=np.nan, reason="late_layer")
+            rows.append(row)
+            continue
+        ablation = [DirectionAblation(vector, ablate_layers)]
+        harmful_logits = last_position_logits(chat, harmful_val, ablation, batch_size)
+        harmless_ablated = last_position_logits(chat, harmless_val, ablation, batch_size)
+        steered = last_position_logits(chat, harmless_val, [ActivationAddition(vector, layer)], batch_size)
+        row["ablation_score"] = float(refusal_score_from_logits(harmful_logits, refusal_ids).mean())
+        row["steering_score"] = float(refusal_score_from_logits(steered, refusal_ids).mean())
+        row["kl"] = float(first_token_kl(base_harmless, harmless_ablated).mean())
+        if layer >= cutoff:
+            row["reason"] = "late_layer"
+        elif row["kl"] > kl_threshold:
+            row["reason"] = "kl"
+        elif row["steering_score"] < 0:
+            row["reason"] = "steering"
+        else:
+            row["reason"] = ""
+        rows.append(row)
+
+    frame = pd.DataFrame(rows)
+    frame["filtered"] = frame["reason"] != ""
+    frame["chosen"] = False
+    if pinned is not None:
+        frame.loc[0, "chosen"] = True
+    else:
+        kept = frame[~frame["filtered"]]
+        if kept.empty:
+            counts = frame["reason"].value_counts().to_dict()
+            raise NoDirectionError(
+                f"every candidate direction was filtered ({counts}); pin the layer and position instead "
+                "(models.<name>.direction_layer / direction_position, e.g. the studies' Gemma 15, Llama 11) "
+                "or relax direction.kl_threshold"
+            )
+        frame.loc[kept["ablation_score"].idxmin(), "chosen"] = True
+    return frame[DIRECTION_COLUMNS]
+
+
+def chosen_direction(frame: pd.DataFrame) -> Tensor:
+    """The ``vector`` of the single chosen row of a :func:`score_candidates` frame (float32)."""
+    chosen = frame[frame["chosen"]]
+    if len(chosen) != 1:
+        raise ValueError(f"expected exactly one chosen direction, found {len(chosen)}")
+    return torch.tensor(np.asarray(chosen["vector"].iloc[0], dtype=np.float32))
