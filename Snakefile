@@ -15,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/baseline.smk"
 include: "rules/saes.smk"
+include: "rules/discovery.smk"
 
 
 rule all:

@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
+from refusal_sae.methods import ALL_METHODS, FEATURE_SET_METHODS  # noqa: E402
 
 try:
     CFG = load_pipeline_config(config)
@@ -71,4 +72,6 @@ def all_targets():
         if CFG.models[m].saes.type == "train":
             targets.append(f"results/{m}/saes/quality.parquet")
         targets.append(f"resources/saes/{m}/saes.json")
+        targets.append(f"results/{m}/attribution/faithfulness.parquet")
+        targets += [f"results/{m}/features/{method}.parquet" for method in FEATURE_SET_METHODS]
     return targets

@@ -1,11 +1,11 @@
 """Entry script: greedy behaviour of a model on a dataset's evaluation prompts."""
 import pandas as pd
 
-from refusal_sae.data import select_prompts
 from refusal_sae.generation import generate
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.models import load_chat_model
+from refusal_sae.pipeline import evaluation_rows
 from refusal_sae.scoring import refusal_scores
 from refusal_sae.runtime import start
 
@@ -13,8 +13,7 @@ smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 spec = cfg.models[smk.wildcards.model]
 chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
-splits = ["train", "val", "test"] if cfg.evaluation.in_sample else ["test"]
-rows = select_prompts(read_parquet(smk.input.dataset), splits, cfg.baseline.max_prompts, cfg.seed)
+rows = evaluation_rows(read_parquet(smk.input.dataset), cfg)
 prompts = list(rows["prompt"])
 completions = generate(chat, prompts, max_new_tokens=cfg.baseline.max_new_tokens, batch_size=cfg.baseline.batch_size)
 scores, first = refusal_scores(chat, prompts, batch_size=cfg.baseline.batch_size)

@@ -12,4 +12,4 @@ spec = cfg.models[smk.wildcards.model]
 layer = int(smk.wildcards.layer)
 cache = torch.load(smk.input[0])
 sae = train_sae(cache["train"][layer], spec.saes, seed=cfg.seed + layer, device="cpu")
-save_sae(sae, Path(smk.output[0]).parent, layer=layer)
+save_sae(sae, Path(smk.output[0]).parent, metadata={"hook_name": spec.saes.hook_name_template.format(layer=layer), "model_name": smk.wildcards.model})

@@ -501,13 +501,16 @@ def exact_patching(
     return pd.concat(frames, ignore_index=True)[EXACT_COLUMNS]
 
 
-def faithfulness_table(la_ig_df: pd.DataFrame, exact_df: pd.DataFrame, top_k: int = 10) -> pd.DataFrame:
+def faithfulness_table(
+    la_ig_df: pd.DataFrame, exact_df: pd.DataFrame, top_k: int = 10, top_candidates: int | None = 50
+) -> pd.DataFrame:
     """How well LA-IG ranks candidates compared with exact patching.
 
     One row per prompt (``scope`` = prompt_id as a string) and a ``pooled`` row over all
     (prompt, feature) pairs: Spearman ρ between LA-IG ``score`` and exact ``delta_m_per_position``, and
-    ``overlap_at_k`` = |top-k by LA-IG ∩ top-k by exact| / k. Columns: scope, spearman, overlap_at_k,
-    k, n.
+    ``overlap_at_k`` = |top-k by LA-IG ∩ top-k by exact| / k; with ``top_candidates`` a row over the
+    per-candidate means (over prompts) of the ``top_candidates`` largest ``|LA-IG|`` candidates.
+    Columns: scope, spearman, overlap_at_k, k, n.
     """
     from scipy.stats import spearmanr
 
@@ -525,4 +528,10 @@ def faithfulness_table(la_ig_df: pd.DataFrame, exact_df: pd.DataFrame, top_k: in
 
     rows = [row(str(pid), group) for pid, group in merged.groupby("prompt_id", sort=False)]
     rows.append(row("pooled", merged))
+    if top_candidates:
+        # Per-candidate means over the sampled prompts, restricted to the candidates LA-IG ranks
+        # highest by magnitude: does LA-IG order the features that matter as exact patching does?
+        means = merged.groupby(["layer", "feature"])[["score", "delta_m_per_position"]].mean()
+        top = means.loc[means["score"].abs().nlargest(min(top_candidates, len(means))).index]
+        rows.append(row(f"top{top_candidates}_candidate_means", top.reset_index(drop=True)))
     return pd.DataFrame(rows)

@@ -199,7 +199,6 @@ class BaselineConfig:
 
     max_new_tokens: int = 32
     batch_size: int = 16
-    max_prompts: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""The evaluated methods (METHOD.md sections 5-7) as intervention edits: one place maps a method
+name to what is done to the residual stream during scoring and generation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+from torch import Tensor
+
+from .generation import EditsForRows, rows_of
+from .interventions import DirectionAblation, FeatureEdit, PositionMask, ResidualEdit
+from .selection import feature_set_to_edit_inputs
+
+BASE = "base"
+DIRECTION_ABLATION = "direction_ablation"
+FEATURE_SET_METHODS = ("ours_prompt", "ours_global", "cossim", "actdiff", "ap", "random")
+ALL_METHODS = (BASE, DIRECTION_ABLATION, *FEATURE_SET_METHODS)
+
+
+def direction_ablation(direction: Tensor, n_layers: int) -> DirectionAblation:
+    """Ablate the direction from the embeddings and every block output."""
+    return DirectionAblation(direction, layers=list(range(-1, n_layers)))
+
+
+def feature_edit(
+    feature_set: pd.DataFrame,
+    prompt_ids: Sequence[str],
+    saes: Mapping[int, object],
+    mode: str,
+    value: float,
+    positions: PositionMask | None = None,
+) -> FeatureEdit:
+    """A ``FeatureEdit`` for a global or per-prompt set, its rows aligned with ``prompt_ids``."""
+    features, row_active = feature_set_to_edit_inputs(feature_set, list(prompt_ids))
+    missing = sorted(set(features) - set(saes))
+    if missing:
+        raise ValueError(f"feature set uses layers {missing} that have no SAE")
+    return FeatureEdit(
+        saes={layer: saes[layer] for layer in features}, features=features, mode=mode, value=value,
+        positions=positions or PositionMask(), row_active=row_active,
+    )
+
+
+def method_edits(
+    method: str,
+    prompt_ids: Sequence[str],
+    n_layers: int,
+    direction: Tensor | None = None,
+    saes: Mapping[int, object] | None = None,
+    feature_set: pd.DataFrame | None = None,
+    mode: str = "scale",
+    value: float = -3.0,
+) -> Sequence[ResidualEdit] | EditsForRows:
+    """Edits for ``method`` on prompts ``prompt_ids`` (callable per batch rows for per-prompt sets)."""
+    if method == BASE:
+        return ()
+    if method == DIRECTION_ABLATION:
+        if direction is None:
+            raise ValueError("direction_ablation needs the refusal direction")
+        return [direction_ablation(direction, n_layers)]
+    if feature_set is None or saes is None:
+        raise ValueError(f"method {method!r} needs a feature set and SAEs")
+    edit = feature_edit(feature_set, prompt_ids, saes, mode, value)
+    if edit.row_active is None:
+        return [edit]
+    return lambda rows: [rows_of(edit, rows)]
+
+
+def n_features(feature_set: pd.DataFrame) -> float:
+    """Features per prompt: the set size for a global set, the mean size for per-prompt sets."""
+    sizes = feature_set.groupby("scope").size()
+    return float(sizes.mean()) if len(sizes) else 0.0
+

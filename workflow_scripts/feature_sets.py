@@ -1,0 +1,30 @@
+"""Entry script: the feature sets of every method (METHOD.md section 5), one Parquet per method."""
+import pandas as pd
+
+from refusal_sae.io import read_parquet, write_parquet
+from refusal_sae.models import load_chat_model
+from refusal_sae.pipeline import load_direction, load_model_saes
+from refusal_sae.runtime import start
+from refusal_sae.selection import actdiff_set, cossim_set, global_set, per_prompt_sets, random_set, ranked_set
+
+smk = snakemake  # noqa: F821
+cfg = start(smk.log[0], smk.threads, smk.config)
+spec = cfg.models[smk.wildcards.model]
+chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
+saes = load_model_saes(smk.input.saes, spec, chat.facts.d_model, cfg.device)
+direction, _, _ = load_direction(smk.input.direction)
+k = cfg.selection.k_star
+prompts = read_parquet(smk.input.prompts)
+kept = prompts.loc[prompts["kept"] & (prompts["role"] == "train")]
+sets = {
+    "ours_prompt": per_prompt_sets(pd.concat([read_parquet(p) for p in smk.input.evaluation]), k, "ours_prompt"),
+    "ours_global": global_set(read_parquet(smk.input.train), k, "ours_global"),
+    "cossim": cossim_set(saes, direction, k),
+    "actdiff": actdiff_set(chat, saes, kept.loc[kept["label"] == "harmful", "prompt"].tolist(),
+                           kept.loc[kept["label"] == "harmless", "prompt"].tolist(), k),
+    "ap": ranked_set(read_parquet(smk.input.ap), k, "ap"),
+    "random": random_set(saes, k, cfg.seed),
+}
+for path in smk.output:
+    method = path.rsplit("/", 1)[1].removesuffix(".parquet")
+    write_parquet(sets[method].assign(method=method), path, {"k_star": k, "method": method})
