@@ -101,10 +101,11 @@ def test_la_ig_equals_exact_patching_on_a_linear_model(linear_setup):
     cos = candidates.set_index(["layer", "feature"])["cosine"]
     np.testing.assert_allclose(merged.set_index(["layer", "feature"])["cosine"], cos.loc[merged.set_index(["layer", "feature"]).index])
 
-    table = faithfulness_table(attribution, exact, top_k=3)
-    assert list(table["scope"]) == [*IDS, "pooled"]
+    table = faithfulness_table(attribution, exact, top_k=3, top_candidates=3)
+    assert list(table["scope"]) == [*IDS, "pooled", "top3_candidate_means"]
     assert (table["overlap_at_k"] == 1.0).all()
     assert table.loc[table["scope"] == "pooled", "spearman"].item() > 0.999
+    assert table.loc[table["scope"] == "top3_candidate_means", "spearman"].item() > 0.999
 
 
 def test_la_ig_prompt_order_and_target_token(linear_setup):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny import make_tiny_sae
 
-from refusal_sae.generation import generate, generate_sharded, prompt_lengths, rows_of
-from refusal_sae.interventions import ActivationAddition, FeatureEdit, PositionMask
+from refusal_sae.generation import generate, generate_sharded, prompt_lengths
+from refusal_sae.interventions import ActivationAddition, FeatureEdit, PositionMask, rows_of
 from refusal_sae.io import read_parquet
 from refusal_sae.models import greedy_generate
 

@@ -10,7 +10,6 @@ prompt paired with its own feature set even though batches are formed after sort
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -19,48 +18,15 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from .interventions import FeatureEdit, ResidualEdit, intervene
+from .interventions import EditsForRows, ResidualEdit, edits_for_rows, intervene
 from .io import read_metadata, read_parquet, write_parquet
 from .models import ChatModel
 
 log = logging.getLogger(__name__)
 
-RowIndex = slice | Tensor
-"""Rows of the caller's prompt list that form one batch: a ``slice`` or a 1-D ``LongTensor``.
-
-Both index a tensor the same way (``row_active[l][rows]``), so one callable serves scoring (contiguous
-slices) and generation (length-sorted batches, given as index tensors)."""
-
-EditsForRows = Callable[[RowIndex], Sequence[ResidualEdit]]
-"""Edits for one batch, given the batch's rows in the caller's (input) order.
-
-Widens :data:`refusal_sae.scoring.EditsForRows` (``slice`` only): after length sorting a batch is not
-a contiguous range of the input, so generation passes an index tensor instead."""
-
 ShardRunner = Callable[[list[str], list[str]], pd.DataFrame]
-
-
-def rows_of(edit: FeatureEdit, rows: RowIndex) -> FeatureEdit:
-    """``edit`` with ``row_active`` restricted to ``rows`` (unchanged when it has no ``row_active``).
-
-    Use it inside an :data:`EditsForRows` callable: ``lambda rows: [rows_of(edit, rows)]``.
-    """
-    if edit.row_active is None:
-        return edit
-
-    def pick(active: Tensor) -> Tensor:
-        if isinstance(rows, Tensor):
-            return active[rows.to(device=active.device, dtype=torch.long)]
-        return active[rows]
-
-    return dataclasses.replace(edit, row_active={layer: pick(a) for layer, a in edit.row_active.items()})
-
-
-def _edits_for(edits: Sequence[ResidualEdit] | EditsForRows, rows: RowIndex) -> Sequence[ResidualEdit]:
-    return edits(rows) if callable(edits) else edits
 
 
 def prompt_lengths(chat: ChatModel, prompts: Sequence[str]) -> list[int]:
@@ -99,7 +65,7 @@ def generate(
             index = order[start:start + batch_size]
             rows = torch.tensor(index, dtype=torch.long)
             batch = chat.tokenize([prompts[i] for i in index])
-            with intervene(chat.model, _edits_for(edits, rows)):
+            with intervene(chat.model, edits_for_rows(edits, rows)):
                 generated = chat.model.generate(
                     **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
                 )

@@ -13,7 +13,8 @@ unedited splice returns ``h`` exactly.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -132,7 +133,7 @@ class FeatureEdit:
     ``features[l]`` lists latent indices at layer ``l``. ``row_active`` (optional, ``[batch, n_l]``
     booleans per layer) restricts each batch row to its own feature set, so per-prompt sets are applied
     in one batched pass. ``mode``: ``scale`` (``f <- value * f``), ``set`` (``f <- value``), ``zero``,
-    or ``keep`` (hold the latents at ``hold[l]``, e.g. their original values while others are edited).
+    or ``keep`` (latents unchanged: a no-op control that still runs the splice path).
     """
 
     saes: Mapping[int, SparseAutoencoder]
@@ -153,7 +154,13 @@ class FeatureEdit:
         b, t, _ = hidden.shape
         where = state.mask(self.positions, b, t, hidden.device).unsqueeze(-1)  # [b, t, 1]
         if self.row_active is not None:
-            rows = self.row_active[layer].to(hidden.device)[:b].unsqueeze(1)  # [b, 1, n]
+            active = self.row_active[layer]
+            if active.shape[0] != b:
+                raise ValueError(
+                    f"FeatureEdit.row_active has {active.shape[0]} rows for a batch of {b}: slice it per batch "
+                    "with rows_of (per-prompt sets must stay aligned with their prompts)"
+                )
+            rows = active.to(hidden.device).unsqueeze(1)  # [b, 1, n]
             where = where & rows
 
         def edit(latents: Tensor) -> Tensor:
@@ -233,6 +240,34 @@ class StraightThroughTarget:
             out.retain_grad()
         self.outputs[layer] = out
         return out
+
+
+RowIndex = slice | Tensor
+"""Which input rows a batch holds: a slice, or (after length sorting) a 1-D LongTensor of indices."""
+
+EditsForRows = Callable[[RowIndex], Sequence[ResidualEdit]]
+"""Per-batch edits (e.g. per-prompt feature sets): called with the batch's :data:`RowIndex`."""
+
+
+def rows_of(edit: FeatureEdit, rows: RowIndex) -> FeatureEdit:
+    """``edit`` with ``row_active`` restricted to ``rows`` (unchanged when it has no ``row_active``).
+
+    Use it inside an :data:`EditsForRows` callable: ``lambda rows: [rows_of(edit, rows)]``.
+    """
+    if edit.row_active is None:
+        return edit
+
+    def pick(active: Tensor) -> Tensor:
+        if isinstance(rows, Tensor):
+            return active[rows.to(device=active.device, dtype=torch.long)]
+        return active[rows]
+
+    return dataclasses.replace(edit, row_active={layer: pick(a) for layer, a in edit.row_active.items()})
+
+
+def edits_for_rows(edits: Sequence[ResidualEdit] | EditsForRows, rows: RowIndex) -> Sequence[ResidualEdit]:
+    """The edits of one batch: ``edits(rows)`` for a callable, else ``edits`` unchanged."""
+    return edits(rows) if callable(edits) else edits
 
 
 class StopForward(Exception):

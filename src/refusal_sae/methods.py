@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from torch import Tensor
 
-from .generation import EditsForRows, rows_of
-from .interventions import DirectionAblation, FeatureEdit, PositionMask, ResidualEdit
+from .interventions import DirectionAblation, EditsForRows, FeatureEdit, PositionMask, ResidualEdit, rows_of
 from .selection import feature_set_to_edit_inputs
 
 BASE = "base"

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .interventions import ResidualEdit, intervene
+from .interventions import EditsForRows, ResidualEdit, intervene
 from .models import ChatModel, render_chat
-from .scoring import EditsForRows, first_token_kl
+from .scoring import first_token_kl
 
 __all__ = [
     "LossInputs",

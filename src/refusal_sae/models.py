@@ -201,13 +201,6 @@ def load_chat_model(
     return ChatModel(model, tokenizer, derive_facts(model, tokenizer, refusal_tokens))
 
 
-def wrap_nnsight(chat: ChatModel, remote: bool = False):
-    """Wrap a loaded model with nnsight's ``TransformersModel`` (remote execution is then a setting)."""
-    from nnsight.modeling.transformers import TransformersModel
-
-    return TransformersModel(chat.model, tokenizer=chat.tokenizer)
-
-
 @torch.no_grad()
 def greedy_generate(chat: ChatModel, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """Greedy completions (no interventions), decoded without special tokens."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .interventions import ResidualEdit, intervene
+from .interventions import EditsForRows, ResidualEdit, edits_for_rows, intervene
 from .models import ChatModel
-
-EditsForRows = Callable[[slice], Sequence[ResidualEdit]]
 
 
 def refusal_score_from_logits(logits: Tensor, refusal_ids: Sequence[int]) -> Tensor:
@@ -35,7 +33,7 @@ def last_position_logits(
     out = []
     for start in range(0, len(prompts), batch_size):
         rows = slice(start, min(start + batch_size, len(prompts)))
-        batch_edits = edits(rows) if callable(edits) else edits
+        batch_edits = edits_for_rows(edits, rows)
         batch = chat.tokenize(prompts[rows])
         with intervene(chat.model, batch_edits):
             logits = chat.model(**batch, use_cache=False).logits[:, -1]
