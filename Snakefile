@@ -16,6 +16,7 @@ include: "rules/models.smk"
 include: "rules/baseline.smk"
 include: "rules/saes.smk"
 include: "rules/discovery.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

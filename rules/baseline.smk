@@ -5,7 +5,7 @@ rule baseline:
     output:
         "results/{model}/baseline/{dataset}.parquet",
     params:
-        settings=model_settings,
+        settings=model_settings(*MODEL_KEYS),
         stage=stage_settings("baseline"),
     threads: workflow.cores
     log:

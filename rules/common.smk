@@ -32,9 +32,19 @@ wildcard_constraints:
     layer=r"\d+",
 
 
-def model_settings(wildcards):
-    """The model's own config block (a change reruns only that model's jobs)."""
-    return json.dumps(config["models"][wildcards.model], sort_keys=True, default=str)
+def model_settings(*keys):
+    """Params holding only the named keys of the model's block: a change reruns just the jobs that use them."""
+
+    def settings(wildcards):
+        block = config["models"][wildcards.model]
+        return json.dumps({k: block.get(k) for k in keys}, sort_keys=True, default=str)
+
+    return settings
+
+
+MODEL_KEYS = ("source", "dtype", "refusal_tokens")
+SAE_KEYS = ("saes",)
+DISCOVERY_KEYS = MODEL_KEYS + ("saes", "direction_layer", "direction_position")
 
 
 def stage_settings(stage):
@@ -74,4 +84,5 @@ def all_targets():
         targets.append(f"resources/saes/{m}/saes.json")
         targets.append(f"results/{m}/attribution/faithfulness.parquet")
         targets += [f"results/{m}/features/{method}.parquet" for method in FEATURE_SET_METHODS]
+        targets.append(f"results/{m}/report/summary.md")
     return targets

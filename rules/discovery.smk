@@ -17,7 +17,7 @@ rule direction_prompts:
     output:
         "results/{model}/direction/prompts.parquet",
     params:
-        settings=model_settings,
+        settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
@@ -38,7 +38,7 @@ rule direction:
         direction="results/{model}/direction/direction.parquet",
         means="results/{model}/activations/train_means.parquet",
     params:
-        settings=model_settings,
+        settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
     threads: workflow.cores
     log:

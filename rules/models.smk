@@ -2,7 +2,7 @@ rule prepare_model:
     output:
         "resources/models/{model}/manifest.json",
     params:
-        settings=model_settings,
+        settings=model_settings(*MODEL_KEYS),
     wildcard_constraints:
         model=_alternatives(PLAIN_MODELS),
     log:
@@ -21,7 +21,7 @@ rule organism:
         manifest="resources/models/{model}/manifest.json",
         training="results/{model}/organism/training.parquet",
     params:
-        settings=model_settings,
+        settings=model_settings(*MODEL_KEYS, "organism"),
     wildcard_constraints:
         model=_alternatives(ORGANISMS),
     resources:

@@ -9,7 +9,7 @@ rule sae_corpus:
     output:
         "results/{model}/saes/corpus.parquet",
     params:
-        settings=model_settings,
+        settings=model_settings(*MODEL_KEYS, *SAE_KEYS),
     threads: workflow.cores
     log:
         "logs/{model}/saes/corpus.log",
@@ -26,7 +26,7 @@ rule sae_activations:
     output:
         temp("resources/saes/{model}/cache/activations.pt"),
     params:
-        settings=model_settings,
+        settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
     log:
         "logs/{model}/saes/activations.log",
@@ -42,7 +42,7 @@ rule train_sae:
     output:
         "resources/saes/{model}/layer_{layer}/cfg.json",
     params:
-        settings=model_settings,
+        settings=model_settings(*SAE_KEYS),
     threads: 1
     log:
         "logs/{model}/saes/train_layer_{layer}.log",
@@ -61,7 +61,7 @@ rule sae_quality:
     output:
         "results/{model}/saes/quality.parquet",
     params:
-        settings=model_settings,
+        settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
     log:
         "logs/{model}/saes/quality.log",
@@ -81,7 +81,7 @@ rule saes_manifest:
     output:
         "resources/saes/{model}/saes.json",
     params:
-        settings=model_settings,
+        settings=model_settings(*SAE_KEYS),
     log:
         "logs/{model}/saes/manifest.log",
     script:

@@ -6,8 +6,8 @@ from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.models import load_chat_model
 from refusal_sae.pipeline import evaluation_rows
-from refusal_sae.scoring import refusal_scores
 from refusal_sae.runtime import start
+from refusal_sae.scoring import refusal_scores
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)

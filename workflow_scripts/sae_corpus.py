@@ -13,7 +13,7 @@ spec = cfg.models[smk.wildcards.model]
 chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
 # Never test prompts: the SAE must not have seen the evaluation set.
 rows = select_prompts(pd.concat([read_parquet(p) for p in smk.input.datasets]), ["train", "val"])
-responses = generate(chat, list(rows["prompt"]), max_new_tokens=64, batch_size=cfg.baseline.batch_size)
+responses = generate(chat, list(rows["prompt"]), max_new_tokens=spec.saes.corpus_new_tokens, batch_size=cfg.baseline.batch_size)
 texts = [render_chat(chat.tokenizer, p, r) for p, r in zip(rows["prompt"], responses, strict=True)]
 # Hold out the validation prompts' transcripts for the SAE quality table.
 frame = pd.DataFrame({

@@ -97,6 +97,8 @@ class SAESpec:
     lr: float = 4e-4
     max_length: int = 192
     """Tokens per chat transcript used for activation caching."""
+    corpus_new_tokens: int = 48
+    """Greedy tokens the model writes per training prompt to form the SAE training transcripts."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,12 @@ class EvaluationConfig:
     shard_size: int = 64
     in_sample: bool = False
     """Study-faithful variant: fit directions and features on the evaluation prompts themselves."""
+    model_judges: dict[str, str | None] = field(default_factory=lambda: {"harmbench_cls": None})
+    """Model judges (``harmbench_cls``, ``llamaguard``) -> local directory or hub id (None: the judge's
+    hub id). Weights are only read from disk or the local HF cache; a missing judge is reported as
+    skipped in the metrics, never replaced."""
+    induction_methods: list[str] = field(default_factory=lambda: ["ours_global", "cossim"])
+    """Feature sets whose latents are *set* on harmless prompts to induce refusal."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -178,3 +179,17 @@ def masked_cross_entropy(
         count = scored.sum(-1).float()
         out.append((total / count).cpu())  # 0/0 -> NaN marks a row with nothing to score
     return torch.cat(out) if out else torch.empty(0)
+
+
+def mean_row(method: str, dataset: str, metric: str, values: Sequence[float] | Tensor, **extra: Any) -> dict[str, Any]:
+    """A metrics row for a mean over prompts: value, normal 95% interval (mean ± 1.96 SE), n.
+
+    NaN entries (e.g. a prompt with nothing to score) are dropped and not counted in ``n``.
+    """
+    array = np.asarray(values.tolist() if isinstance(values, Tensor) else list(values), dtype=float)
+    array = array[~np.isnan(array)]
+    n = int(array.size)
+    mean = float(array.mean()) if n else float("nan")
+    half = Z_95 * float(array.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
+    return {"method": method, "dataset": dataset, "metric": metric, "value": mean,
+            "ci_low": mean - half, "ci_high": mean + half, "n": n, **extra}

@@ -1,0 +1,135 @@
+# Interventions during generation and the evaluation tables (METHOD.md sections 6-7).
+HARMLESS = CFG.evaluation.harmless_dataset
+CAPABILITY_METHODS = [m for m in ALL_METHODS if m != "ours_prompt"]
+
+
+def method_inputs(w):
+    inputs = {"model": manifest(w.model), "dataset": f"resources/datasets/{w.dataset}.parquet"}
+    if w.method != "base":
+        inputs["direction"] = f"results/{w.model}/direction/direction.parquet"
+    if w.method in FEATURE_SET_METHODS:
+        inputs["saes"] = f"resources/saes/{w.model}/saes.json"
+        inputs["features"] = f"results/{w.model}/features/{w.method}.parquet"
+    return inputs
+
+
+EVALUATION_PARAMS = dict(
+    settings=model_settings(*MODEL_KEYS, "clamp_scale", "induction_values"),
+    evaluation=stage_settings("evaluation"),
+)
+
+
+rule generate:
+    input:
+        unpack(method_inputs),
+    output:
+        "results/{model}/generations/{dataset}/{method}.parquet",
+    wildcard_constraints:
+        method=_alternatives(ALL_METHODS),
+    params:
+        **EVALUATION_PARAMS,
+    threads: workflow.cores
+    log:
+        "logs/{model}/generations/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/out/{model}/generate_{dataset}_{method}.tsv"
+    script:
+        "../workflow_scripts/generate.py"
+
+
+rule judge:
+    input:
+        generations="results/{model}/generations/{dataset}/{method}.parquet",
+        dataset="resources/datasets/{dataset}.parquet",
+    output:
+        "results/{model}/judgments/{dataset}/{method}.parquet",
+    wildcard_constraints:
+        method=_alternatives(ALL_METHODS),
+    params:
+        evaluation=stage_settings("evaluation"),
+    threads: workflow.cores
+    log:
+        "logs/{model}/judgments/{dataset}/{method}.log",
+    script:
+        "../workflow_scripts/judge.py"
+
+
+rule induction:
+    input:
+        model=lambda w: manifest(w.model),
+        dataset=f"resources/datasets/{HARMLESS}.parquet",
+        saes="resources/saes/{model}/saes.json",
+        features="results/{model}/features/{method}.parquet",
+    output:
+        f"results/{{model}}/generations/{HARMLESS}/induction_{{method}}.parquet",
+    wildcard_constraints:
+        method=_alternatives(FEATURE_SET_METHODS),
+    params:
+        **EVALUATION_PARAMS,
+    threads: workflow.cores
+    log:
+        "logs/{model}/generations/induction_{method}.log",
+    benchmark:
+        "benchmarks/out/{model}/induction_{method}.tsv"
+    script:
+        "../workflow_scripts/induction.py"
+
+
+rule capability:
+    input:
+        model=lambda w: manifest(w.model),
+        dataset=f"resources/datasets/{HARMLESS}.parquet",
+        responses=f"results/{{model}}/generations/{HARMLESS}/base.parquet",
+        saes="resources/saes/{model}/saes.json",
+        direction="results/{model}/direction/direction.parquet",
+        features=expand("results/{{model}}/features/{method}.parquet", method=[m for m in FEATURE_SET_METHODS if m != "ours_prompt"]),
+    output:
+        "results/{model}/metrics/capability.parquet",
+    params:
+        **EVALUATION_PARAMS,
+    threads: workflow.cores
+    log:
+        "logs/{model}/metrics/capability.log",
+    benchmark:
+        "benchmarks/out/{model}/capability.tsv"
+    script:
+        "../workflow_scripts/capability.py"
+
+
+rule evaluation_metrics:
+    input:
+        generations=lambda w: [
+            f"results/{w.model}/generations/{d}/{m}.parquet" for d in CFG.evaluation.datasets for m in ALL_METHODS
+        ],
+        judgments=lambda w: [
+            f"results/{w.model}/judgments/{d}/{m}.parquet" for d in CFG.evaluation.datasets for m in ALL_METHODS
+        ],
+        induction=lambda w: [
+            f"results/{w.model}/generations/{HARMLESS}/induction_{m}.parquet" for m in CFG.evaluation.induction_methods
+        ],
+        features=lambda w: [f"results/{w.model}/features/{m}.parquet" for m in FEATURE_SET_METHODS],
+    output:
+        jailbreak="results/{model}/metrics/jailbreak.parquet",
+        induction="results/{model}/metrics/induction.parquet",
+    log:
+        "logs/{model}/metrics/evaluation.log",
+    script:
+        "../workflow_scripts/evaluation_metrics.py"
+
+
+rule summary:
+    input:
+        jailbreak="results/{model}/metrics/jailbreak.parquet",
+        induction="results/{model}/metrics/induction.parquet",
+        capability="results/{model}/metrics/capability.parquet",
+        baseline="results/{model}/metrics/baseline.parquet",
+        faithfulness="results/{model}/attribution/faithfulness.parquet",
+        direction="results/{model}/direction/direction.parquet",
+    output:
+        table="results/{model}/report/summary.parquet",
+        markdown="results/{model}/report/summary.md",
+        figure="results/{model}/report/jailbreak.png",
+    log:
+        "logs/{model}/report/summary.log",
+    script:
+        "../workflow_scripts/summary.py"

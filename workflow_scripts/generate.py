@@ -1,0 +1,45 @@
+"""Entry script: greedy completions of one dataset's evaluation prompts under one method, sharded."""
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from refusal_sae.generation import generate, generate_sharded
+from refusal_sae.io import read_parquet, write_parquet
+from refusal_sae.judges import substring_judge
+from refusal_sae.methods import FEATURE_SET_METHODS, method_edits
+from refusal_sae.models import load_chat_model
+from refusal_sae.pipeline import evaluation_rows, load_direction, load_model_saes
+from refusal_sae.runtime import start
+
+smk = snakemake  # noqa: F821
+cfg = start(smk.log[0], smk.threads, smk.config)
+spec = cfg.models[smk.wildcards.model]
+method = smk.wildcards.method
+chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
+direction = load_direction(smk.input.direction)[0] if "direction" in smk.input.keys() else None
+saes = load_model_saes(smk.input.saes, spec, chat.facts.d_model, cfg.device) if method in FEATURE_SET_METHODS else None
+feature_set = read_parquet(smk.input.features) if method in FEATURE_SET_METHODS else None
+rows = evaluation_rows(read_parquet(smk.input.dataset), cfg)
+setting = f"scale={spec.clamp_scale}" if method in FEATURE_SET_METHODS else ""
+
+
+def run_shard(ids, prompts):
+    edits = method_edits(method, ids, chat.facts.n_layers, direction, saes, feature_set, "scale", spec.clamp_scale)
+    completions = generate(chat, prompts, edits, cfg.evaluation.max_new_tokens, cfg.evaluation.batch_size)
+    return pd.DataFrame({"prompt_id": ids, "completion": completions})
+
+
+output = Path(smk.output[0])
+shard_dir = output.parent / f".{output.stem}.shards"
+frame = generate_sharded(
+    rows["prompt_id"].tolist(), rows["prompt"].tolist(), shard_dir, cfg.evaluation.shard_size, run_shard,
+    metadata={"method": method, "setting": setting, "max_new_tokens": cfg.evaluation.max_new_tokens},
+)
+refused = substring_judge(frame["completion"].tolist())
+frame = frame.assign(
+    method=method, setting=setting, refused=refused, judge="substring",
+    judge_label=["refusal" if r else "compliance" for r in refused],
+)[["prompt_id", "method", "setting", "completion", "refused", "judge", "judge_label"]]
+write_parquet(frame, output, {"method": method, "setting": setting, "evaluation": smk.config.get("evaluation", {})})
+shutil.rmtree(shard_dir, ignore_errors=True)
