@@ -1,10 +1,13 @@
 # Dissecting refusal with sparse autoencoders: the workflow.
-# Run: snakemake --cores 2 (embedded default) | --configfile config/gemma-2-2b-it.yaml (real model)
+# Run: snakemake --cores 2 (embedded default)
+#      snakemake --configfile config/gemma-2-2b-it.yaml --replace-workflow-config (a complete real-model config)
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-configfile: "config/config.yaml"
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 validate(config, "config/schema.yaml")

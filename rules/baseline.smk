@@ -8,6 +8,8 @@ rule baseline:
         settings=model_settings(*MODEL_KEYS),
         stage=stage_settings("baseline"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/baseline/{dataset}.log",
     benchmark:
@@ -21,6 +23,8 @@ rule baseline_metrics:
         lambda w: [f"results/{w.model}/baseline/{d}.parquet" for d in EVAL_DATASETS],
     output:
         "results/{model}/metrics/baseline.parquet",
+    conda:
+        ENV
     log:
         "logs/{model}/metrics/baseline.log",
     script:
@@ -32,6 +36,8 @@ rule baseline_report:
         [f"results/{m}/metrics/baseline.parquet" for m in SELECTED],
     output:
         "results/report/baseline.md",
+    conda:
+        ENV
     log:
         "logs/report/baseline.log",
     script:

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+ENV = str(Path(workflow.basedir) / "environment.yaml")
 
 from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
 from refusal_sae.methods import ALL_METHODS, FEATURE_SET_METHODS  # noqa: E402
@@ -86,3 +88,25 @@ def all_targets():
         targets += [f"results/{m}/features/{method}.parquet" for method in FEATURE_SET_METHODS]
         targets.append(f"results/{m}/report/summary.md")
     return targets
+
+
+def trained_layer_files(model):
+    return [f"resources/saes/{model}/layer_{layer}/cfg.json" for layer in sae_layers(model)]
+
+
+def discovery_inputs(w):
+    return {
+        "model": manifest(w.model),
+        "saes": f"resources/saes/{w.model}/saes.json",
+        "direction": f"results/{w.model}/direction/direction.parquet",
+    }
+
+
+def method_inputs(w):
+    inputs = {"model": manifest(w.model), "dataset": f"resources/datasets/{w.dataset}.parquet"}
+    if w.method != "base":
+        inputs["direction"] = f"results/{w.model}/direction/direction.parquet"
+    if w.method in FEATURE_SET_METHODS:
+        inputs["saes"] = f"resources/saes/{w.model}/saes.json"
+        inputs["features"] = f"results/{w.model}/features/{w.method}.parquet"
+    return inputs

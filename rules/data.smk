@@ -3,6 +3,8 @@ rule dataset:
         "resources/datasets/{dataset}.parquet",
     params:
         settings=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
+    conda:
+        ENV
     log:
         "logs/datasets/{dataset}.log",
     script:

@@ -2,14 +2,6 @@
 ATTRIBUTION_SETS = ["train"] + list(CFG.evaluation.datasets)
 
 
-def discovery_inputs(w):
-    return {
-        "model": manifest(w.model),
-        "saes": f"resources/saes/{w.model}/saes.json",
-        "direction": f"results/{w.model}/direction/direction.parquet",
-    }
-
-
 rule direction_prompts:
     input:
         model=lambda w: manifest(w.model),
@@ -21,6 +13,8 @@ rule direction_prompts:
         stage=stage_settings("direction"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/direction/prompts.log",
     benchmark:
@@ -41,6 +35,8 @@ rule direction:
         settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/direction/direction.log",
     benchmark:
@@ -56,6 +52,8 @@ rule cosine_candidates:
         "results/{model}/attribution/candidates.parquet",
     params:
         stage=stage_settings("attribution"),
+    conda:
+        ENV
     log:
         "logs/{model}/attribution/candidates.log",
     script:
@@ -76,6 +74,8 @@ rule attribution:
         stage=stage_settings("attribution"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/attribution/{attr_set}.log",
     benchmark:
@@ -95,6 +95,8 @@ rule ap_attribution:
         stage=stage_settings("attribution"),
         selection=stage_settings("selection"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/attribution/ap.log",
     benchmark:
@@ -114,6 +116,8 @@ rule faithfulness:
     params:
         stage=stage_settings("attribution"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/attribution/faithfulness.log",
     benchmark:
@@ -134,6 +138,8 @@ rule feature_sets:
     params:
         selection=stage_settings("selection"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/features/sets.log",
     benchmark:

@@ -3,16 +3,6 @@ HARMLESS = CFG.evaluation.harmless_dataset
 CAPABILITY_METHODS = [m for m in ALL_METHODS if m != "ours_prompt"]
 
 
-def method_inputs(w):
-    inputs = {"model": manifest(w.model), "dataset": f"resources/datasets/{w.dataset}.parquet"}
-    if w.method != "base":
-        inputs["direction"] = f"results/{w.model}/direction/direction.parquet"
-    if w.method in FEATURE_SET_METHODS:
-        inputs["saes"] = f"resources/saes/{w.model}/saes.json"
-        inputs["features"] = f"results/{w.model}/features/{w.method}.parquet"
-    return inputs
-
-
 EVALUATION_PARAMS = dict(
     settings=model_settings(*MODEL_KEYS, "clamp_scale", "induction_values"),
     evaluation=stage_settings("evaluation"),
@@ -29,6 +19,8 @@ rule generate:
     params:
         **EVALUATION_PARAMS,
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/generations/{dataset}/{method}.log",
     benchmark:
@@ -48,6 +40,8 @@ rule judge:
     params:
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/judgments/{dataset}/{method}.log",
     script:
@@ -67,6 +61,8 @@ rule induction:
     params:
         **EVALUATION_PARAMS,
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/generations/induction_{method}.log",
     benchmark:
@@ -88,6 +84,8 @@ rule capability:
     params:
         **EVALUATION_PARAMS,
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/metrics/capability.log",
     benchmark:
@@ -111,6 +109,8 @@ rule evaluation_metrics:
     output:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
         induction="results/{model}/metrics/induction.parquet",
+    conda:
+        ENV
     log:
         "logs/{model}/metrics/evaluation.log",
     script:
@@ -129,6 +129,8 @@ rule summary:
         table="results/{model}/report/summary.parquet",
         markdown="results/{model}/report/summary.md",
         figure="results/{model}/report/jailbreak.png",
+    conda:
+        ENV
     log:
         "logs/{model}/report/summary.log",
     script:

@@ -5,6 +5,8 @@ rule prepare_model:
         settings=model_settings(*MODEL_KEYS),
     wildcard_constraints:
         model=_alternatives(PLAIN_MODELS),
+    conda:
+        ENV
     log:
         "logs/models/{model}.log",
     benchmark:
@@ -27,6 +29,8 @@ rule organism:
     resources:
         gpu=lambda w: 1 if CFG.models[w.model].gpu else 0,
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/models/{model}.organism.log",
     benchmark:

@@ -1,7 +1,3 @@
-def trained_layer_files(model):
-    return [f"resources/saes/{model}/layer_{layer}/cfg.json" for layer in sae_layers(model)]
-
-
 rule sae_corpus:
     input:
         model=lambda w: manifest(w.model),
@@ -11,6 +7,8 @@ rule sae_corpus:
     params:
         settings=model_settings(*MODEL_KEYS, *SAE_KEYS),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/saes/corpus.log",
     benchmark:
@@ -28,6 +26,8 @@ rule sae_activations:
     params:
         settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/saes/activations.log",
     benchmark:
@@ -44,6 +44,8 @@ rule train_sae:
     params:
         settings=model_settings(*SAE_KEYS),
     threads: 1
+    conda:
+        ENV
     log:
         "logs/{model}/saes/train_layer_{layer}.log",
     benchmark:
@@ -63,6 +65,8 @@ rule sae_quality:
     params:
         settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
+    conda:
+        ENV
     log:
         "logs/{model}/saes/quality.log",
     benchmark:
@@ -82,6 +86,8 @@ rule saes_manifest:
         "resources/saes/{model}/saes.json",
     params:
         settings=model_settings(*SAE_KEYS),
+    conda:
+        ENV
     log:
         "logs/{model}/saes/manifest.log",
     script:

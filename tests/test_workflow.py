@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny import make_tiny_chat_model, save_tiny_chat_model
 
 from refusal_sae.config import OrganismConfig
 from refusal_sae.methods import ALL_METHODS
 from refusal_sae.organism import TrainingExample, finetune
-from tiny import make_tiny_chat_model, save_tiny_chat_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -80,7 +80,7 @@ def tiny_config(tmp: Path) -> dict:
 
 def run_workflow(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config", *args]
+           "--configfile", str(workdir / "config.yaml"), "--replace-workflow-config", "--max-threads", "1", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 

@@ -1,0 +1,61 @@
+"""The config is checked before any job: typed dataclasses reject wrong keys and types by path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from refusal_sae.config import ConfigError, load_pipeline_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_default_config_builds_with_the_documented_defaults():
+    cfg = load_pipeline_config(default_config())
+    assert cfg.selected_models() == ["smollm2", "smollm2-organism"]
+    organism = cfg.models["smollm2-organism"]
+    assert organism.source.base == "smollm2" and organism.saes.type == "train"
+    assert organism.saes.width_multiplier >= 8
+    assert cfg.attribution.k0 == 10 and cfg.attribution.n_steps == 10 and cfg.selection.k_star == 20
+    assert cfg.direction.kl_threshold == 0.1 and cfg.direction.exclude_last_fraction == 0.2
+    assert not cfg.evaluation.in_sample
+
+
+@pytest.mark.parametrize("overlay", ["gemma-2-2b-it.yaml", "llama-3.1-8b-instruct.yaml"])
+def test_real_model_overlays_carry_the_study_settings(overlay):
+    cfg = load_pipeline_config(yaml.safe_load((ROOT / "config" / overlay).read_text()))
+    (name,) = cfg.selected_models()
+    model = cfg.models[name]
+    assert model.source.type == "hub" and model.saes.type == "pretrained"
+    expected = {"gemma-2-2b-it.yaml": (15, -3.0, 26), "llama-3.1-8b-instruct.yaml": (11, -1.0, 32)}[overlay]
+    assert (model.direction_layer, model.clamp_scale, len(model.saes.layers)) == expected
+    assert all(cfg.datasets[d].source.type == "hub" for d in cfg.evaluation.datasets)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["models"]["smollm2-organism"]["saes"].update(widht_multiplier=8),
+         "config.models.smollm2-organism.saes.widht_multiplier: unknown key"),
+        (lambda c: c["attribution"].update(k0="ten"), "config.attribution.k0: expected an integer"),
+        (lambda c: c["datasets"]["harmless"].update(label="benign"), "config.datasets.harmless.label"),
+        (lambda c: c["datasets"]["strongreject"].update(splits={"train": 0.5, "test": 0.3}),
+         "config.datasets.strongreject.splits: fractions sum to 0.8"),
+        (lambda c: c["models"]["smollm2-organism"]["source"].update(base="nope"),
+         "config.models.smollm2-organism.source.base"),
+        (lambda c: c.update(only_models=["gpt"]), "only_models: unknown model"),
+        (lambda c: c["evaluation"].update(datasets=["advbench"]), "dataset 'advbench' is not configured"),
+    ],
+)
+def test_bad_config_fails_naming_the_field(edit, message):
+    config = copy.deepcopy(default_config())
+    edit(config)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_pipeline_config(config)
