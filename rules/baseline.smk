@@ -5,6 +5,7 @@ rule baseline:
     output:
         "results/{model}/baseline/{dataset}.parquet",
     params:
+        code=code("models", "generation", "scoring", "judges", "interventions", "pipeline"),
         settings=model_settings(*MODEL_KEYS),
         stage=stage_settings("baseline"),
     threads: workflow.cores
@@ -23,6 +24,8 @@ rule baseline_metrics:
         lambda w: [f"results/{w.model}/baseline/{d}.parquet" for d in EVAL_DATASETS],
     output:
         "results/{model}/metrics/baseline.parquet",
+    params:
+        code=code("metrics"),
     conda:
         ENV
     log:
@@ -36,6 +39,8 @@ rule baseline_report:
         [f"results/{m}/metrics/baseline.parquet" for m in SELECTED],
     output:
         "results/report/baseline.md",
+    params:
+        code=code("report"),
     conda:
         ENV
     log:

@@ -1,4 +1,5 @@
 # Shared helpers: the typed config view, model/dataset selections, per-model settings for params.
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,15 @@ ORGANISMS = [m for m, c in CFG.models.items() if c.source.type == "organism"]
 PLAIN_MODELS = [m for m in CFG.models if m not in ORGANISMS]
 ANALYZED = [m for m in SELECTED if CFG.models[m].analyze]
 EVAL_DATASETS = list(CFG.evaluation.datasets) + [CFG.evaluation.harmless_dataset]
-LIB = sorted(str(p) for p in (Path(workflow.basedir) / "src" / "refusal_sae").glob("*.py"))
+LIBDIR = Path(workflow.basedir) / "src" / "refusal_sae"
+
+
+def code(*modules):
+    """Hash of the library modules a rule runs: editing one reruns exactly the jobs that use it."""
+    digest = hashlib.sha256()
+    for module in sorted(set(modules) | {"config", "io", "runtime"}):
+        digest.update((LIBDIR / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _alternatives(names):

@@ -9,6 +9,7 @@ rule direction_prompts:
     output:
         "results/{model}/direction/prompts.parquet",
     params:
+        code=code("scoring", "pipeline", "interventions"),
         settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
         evaluation=stage_settings("evaluation"),
@@ -32,6 +33,7 @@ rule direction:
         direction="results/{model}/direction/direction.parquet",
         means="results/{model}/activations/train_means.parquet",
     params:
+        code=code("direction", "scoring", "interventions"),
         settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
     threads: workflow.cores
@@ -51,6 +53,7 @@ rule cosine_candidates:
     output:
         "results/{model}/attribution/candidates.parquet",
     params:
+        code=code("attribution", "pipeline", "saes"),
         stage=stage_settings("attribution"),
     conda:
         ENV
@@ -71,6 +74,7 @@ rule attribution:
     wildcard_constraints:
         attr_set=_alternatives(ATTRIBUTION_SETS),
     params:
+        code=code("attribution", "interventions", "pipeline", "saes"),
         stage=stage_settings("attribution"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
@@ -92,6 +96,7 @@ rule ap_attribution:
         per_prompt="results/{model}/attribution/ap_per_prompt.parquet",
         global_="results/{model}/attribution/ap_global.parquet",
     params:
+        code=code("attribution", "interventions", "pipeline", "saes"),
         stage=stage_settings("attribution"),
         selection=stage_settings("selection"),
     threads: workflow.cores
@@ -114,6 +119,7 @@ rule faithfulness:
     output:
         "results/{model}/attribution/faithfulness.parquet",
     params:
+        code=code("attribution", "interventions", "pipeline", "saes"),
         stage=stage_settings("attribution"),
     threads: workflow.cores
     conda:
@@ -136,6 +142,7 @@ rule feature_sets:
     output:
         expand("results/{{model}}/features/{method}.parquet", method=FEATURE_SET_METHODS),
     params:
+        code=code("selection", "attribution", "pipeline", "saes"),
         selection=stage_settings("selection"),
     threads: workflow.cores
     conda:

@@ -1,6 +1,5 @@
 # Interventions during generation and the evaluation tables (METHOD.md sections 6-7).
 HARMLESS = CFG.evaluation.harmless_dataset
-CAPABILITY_METHODS = [m for m in ALL_METHODS if m != "ours_prompt"]
 
 
 EVALUATION_PARAMS = dict(
@@ -17,6 +16,7 @@ rule generate:
     wildcard_constraints:
         method=_alternatives(ALL_METHODS),
     params:
+        code=code("generation", "methods", "interventions", "selection", "judges", "pipeline"),
         **EVALUATION_PARAMS,
     threads: workflow.cores
     conda:
@@ -38,6 +38,7 @@ rule judge:
     wildcard_constraints:
         method=_alternatives(ALL_METHODS),
     params:
+        code=code("judges"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
     conda:
@@ -59,6 +60,7 @@ rule induction:
     wildcard_constraints:
         method=_alternatives(FEATURE_SET_METHODS),
     params:
+        code=code("generation", "methods", "interventions", "selection", "judges", "pipeline"),
         **EVALUATION_PARAMS,
     threads: workflow.cores
     conda:
@@ -82,6 +84,7 @@ rule capability:
     output:
         "results/{model}/metrics/capability.parquet",
     params:
+        code=code("metrics", "methods", "interventions", "selection", "scoring", "pipeline"),
         **EVALUATION_PARAMS,
     threads: workflow.cores
     conda:
@@ -109,6 +112,8 @@ rule evaluation_metrics:
     output:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
         induction="results/{model}/metrics/induction.parquet",
+    params:
+        code=code("metrics", "methods"),
     conda:
         ENV
     log:
@@ -129,6 +134,8 @@ rule summary:
         table="results/{model}/report/summary.parquet",
         markdown="results/{model}/report/summary.md",
         figure="results/{model}/report/jailbreak.png",
+    params:
+        code=code("report"),
     conda:
         ENV
     log:

