@@ -131,6 +131,12 @@ def test_direction_ablation_jailbreaks_the_organism(finished_run):
     assert (skipped["n"] == 0).all() and skipped["note"].str.contains("harmbench_cls").all()
 
 
+def test_induction_rates_are_rates(finished_run):
+    induction = pd.read_parquet(finished_run / "results/tiny-organism/metrics/induction.parquet")
+    assert set(induction["set_value"]) == {4.0}
+    assert induction["value"].between(0, 1).all() and (induction["n"] == 12).all()
+
+
 def test_per_prompt_sets_cover_every_evaluation_prompt(finished_run):
     results = finished_run / "results/tiny-organism"
     sets = pd.read_parquet(results / "features/ours_prompt.parquet")

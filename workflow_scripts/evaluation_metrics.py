@@ -34,5 +34,5 @@ for path in smk.input.induction:
     frame = read_parquet(path)
     for (method, value), group in frame.groupby(["method", "value"], sort=False):
         induction_rows.append(rate_row(method, Path(path).parent.name, "refusal_induction", group["refused"].tolist(),
-                                       value=float(value), n_features=sizes.get(method, 0.0), judge="substring"))
+                                       set_value=float(value), n_features=sizes.get(method, 0.0), judge="substring"))
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)

@@ -53,7 +53,7 @@ def summary_markdown(model: str, tables: dict[str, pd.DataFrame]) -> str:
     induction = tables["induction"]
     if len(induction):
         parts.append(rates_markdown(induction.assign(metric="refusal induction (harmless prompts, set value)",
-                                                     dataset=induction["value"].map(lambda v: f"v={v:g}")),
+                                                     dataset=induction["set_value"].map(lambda v: f"v={v:g}")),
                                     row="method", column="dataset"))
     capability = _ordered(tables["capability"])
     parts.append(rates_markdown(capability.assign(dataset=capability["metric"], metric="capability cost (mean, 95% CI)"),
