@@ -7,17 +7,14 @@ import pandas as pd
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.methods import BASE, DIRECTION_ABLATION, method_edits
 from refusal_sae.metrics import masked_cross_entropy, mean_row, response_loss_inputs, text_loss_inputs
-from refusal_sae.models import load_chat_model
-from refusal_sae.pipeline import load_direction, load_model_saes
+from refusal_sae.pipeline import open_stage
 from refusal_sae.runtime import start
 from refusal_sae.scoring import first_token_kl, last_position_logits
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
-spec = cfg.models[smk.wildcards.model]
-chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
-saes = load_model_saes(smk.input.saes, spec, chat.facts.d_model, cfg.device)
-direction, _, _ = load_direction(smk.input.direction)
+stage = open_stage(cfg, smk.wildcards.model, smk.input.model, smk.input.saes, smk.input.direction)
+spec, chat, saes, direction = stage.spec, stage.chat, stage.saes, stage.direction
 responses = read_parquet(smk.input.responses)
 prompts = read_parquet(smk.input.dataset).set_index("prompt_id").loc[responses["prompt_id"], "prompt"].tolist()
 ids, answers = responses["prompt_id"].tolist(), responses["completion"].tolist()

@@ -2,17 +2,14 @@
 import pandas as pd
 
 from refusal_sae.io import read_parquet, write_parquet
-from refusal_sae.models import load_chat_model
-from refusal_sae.pipeline import load_direction, load_model_saes
+from refusal_sae.pipeline import open_stage
 from refusal_sae.runtime import start
 from refusal_sae.selection import actdiff_set, cossim_set, global_set, per_prompt_sets, random_set, ranked_set
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
-spec = cfg.models[smk.wildcards.model]
-chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
-saes = load_model_saes(smk.input.saes, spec, chat.facts.d_model, cfg.device)
-direction, _, _ = load_direction(smk.input.direction)
+stage = open_stage(cfg, smk.wildcards.model, smk.input.model, smk.input.saes, smk.input.direction)
+spec, chat, saes, direction = stage.spec, stage.chat, stage.saes, stage.direction
 k = cfg.selection.k_star
 prompts = read_parquet(smk.input.prompts)
 kept = prompts.loc[prompts["kept"] & (prompts["role"] == "train")]

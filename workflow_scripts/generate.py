@@ -8,17 +8,14 @@ from refusal_sae.generation import generate, generate_sharded
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.methods import FEATURE_SET_METHODS, method_edits
-from refusal_sae.models import load_chat_model
-from refusal_sae.pipeline import evaluation_rows, load_direction, load_model_saes
+from refusal_sae.pipeline import evaluation_rows, open_stage
 from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
-spec = cfg.models[smk.wildcards.model]
 method = smk.wildcards.method
-chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
-direction = load_direction(smk.input.direction)[0] if "direction" in smk.input.keys() else None
-saes = load_model_saes(smk.input.saes, spec, chat.facts.d_model, cfg.device) if method in FEATURE_SET_METHODS else None
+stage = open_stage(cfg, smk.wildcards.model, smk.input.model, smk.input.get("saes"), smk.input.get("direction"))
+spec, chat, saes, direction = stage.spec, stage.chat, stage.saes, stage.direction
 feature_set = read_parquet(smk.input.features) if method in FEATURE_SET_METHODS else None
 rows = evaluation_rows(read_parquet(smk.input.dataset), cfg)
 setting = f"scale={spec.clamp_scale}" if method in FEATURE_SET_METHODS else ""

@@ -5,16 +5,14 @@ from refusal_sae.generation import generate
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.methods import method_edits
-from refusal_sae.models import load_chat_model
-from refusal_sae.pipeline import evaluation_rows, load_model_saes
+from refusal_sae.pipeline import evaluation_rows, open_stage
 from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
-spec = cfg.models[smk.wildcards.model]
 method = smk.wildcards.method
-chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
-saes = load_model_saes(smk.input.saes, spec, chat.facts.d_model, cfg.device)
+stage = open_stage(cfg, smk.wildcards.model, smk.input.model, smk.input.saes)
+spec, chat, saes = stage.spec, stage.chat, stage.saes
 feature_set = read_parquet(smk.input.features)
 rows = evaluation_rows(read_parquet(smk.input.dataset), cfg)
 ids, prompts = rows["prompt_id"].tolist(), rows["prompt"].tolist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ from torch import Tensor
 from .config import ModelConfig, PipelineConfig
 from .data import select_prompts
 from .io import read_parquet
-from .models import pick_device
+from .models import ChatModel, load_chat_model, pick_device
 from .saes import load_saes
 
 
@@ -71,3 +72,28 @@ def fitting_pools(frames: dict[str, pd.DataFrame], cfg: PipelineConfig) -> dict[
             [evaluation_rows(frames[name], cfg) for name in cfg.evaluation.datasets], ignore_index=True
         )
     return pools
+
+
+@dataclass
+class Stage:
+    """What a discovery or evaluation job works with: the model, its settings, SAEs and direction."""
+
+    spec: ModelConfig
+    chat: ChatModel
+    saes: dict | None = None
+    direction: Tensor | None = None
+
+
+def open_stage(
+    cfg: PipelineConfig,
+    model: str,
+    model_manifest: str | os.PathLike,
+    saes_manifest: str | os.PathLike | None = None,
+    direction_path: str | os.PathLike | None = None,
+) -> Stage:
+    """Load the model (on ``cfg.device``) and, when their artifacts are given, its SAEs and direction."""
+    spec = cfg.models[model]
+    chat = load_chat_model(model_manifest, spec.refusal_tokens, cfg.device)
+    saes = load_model_saes(saes_manifest, spec, chat.facts.d_model, cfg.device) if saes_manifest else None
+    direction = load_direction(direction_path)[0] if direction_path else None
+    return Stage(spec, chat, saes, direction)
