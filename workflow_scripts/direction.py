@@ -1,7 +1,9 @@
 """Entry script: difference-of-means directions per layer x position and Arditi-style selection."""
+from pathlib import Path
+
 import pandas as pd
 
-from refusal_sae.direction import candidate_directions, mean_activations, score_candidates
+from refusal_sae.direction import NoDirectionError, candidate_directions, mean_activations, score_candidates
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.models import load_chat_model
 from refusal_sae.runtime import start
@@ -25,11 +27,17 @@ candidates = candidate_directions(harmful_means, harmless_means)
 pinned = None
 if spec.direction_layer is not None:
     pinned = (spec.direction_layer, spec.direction_position if spec.direction_position is not None else -1)
-scored = score_candidates(
-    chat, candidates, subset("harmful", "val"), subset("harmless", "val"), cfg.direction.kl_threshold,
-    cfg.direction.exclude_last_fraction, cfg.direction.batch_size, pinned=pinned,
-)
 meta = {"direction": smk.config.get("direction", {}), "pinned": pinned, "n_positions": n_positions}
+try:
+    scored = score_candidates(
+        chat, candidates, subset("harmful", "val"), subset("harmless", "val"), cfg.direction.kl_threshold,
+        cfg.direction.exclude_last_fraction, cfg.direction.batch_size, pinned=pinned,
+        when_all_filtered=cfg.direction.when_all_filtered, relax_min_candidates=cfg.direction.relax_min_candidates,
+    )
+except NoDirectionError as error:
+    # Keep the scores for diagnosis; the rule still fails (Snakemake removes declared outputs).
+    write_parquet(error.frame, Path(smk.log[0]).with_suffix(".candidates.parquet"), meta)
+    raise
 write_parquet(scored, smk.output.candidates, meta)
 write_parquet(scored.loc[scored["chosen"]].reset_index(drop=True), smk.output.direction, meta)
 means = [

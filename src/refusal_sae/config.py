@@ -160,6 +160,10 @@ class DirectionConfig:
     exclude_last_fraction: float = 0.2
     positions: int | None = None
     """How many trailing post-instruction positions to consider (None: all of the template suffix)."""
+    when_all_filtered: Literal["error", "relax_kl"] = "error"
+    """If every candidate fails the filters: ``error``, or ``relax_kl`` (raise the KL bound just enough
+    that ``relax_min_candidates`` candidates pass; the bound used is stored with every candidate)."""
+    relax_min_candidates: int = 5
     batch_size: int = 16
 
 

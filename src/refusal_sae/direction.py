@@ -35,7 +35,11 @@ DIRECTION_COLUMNS = [
 
 
 class NoDirectionError(ValueError):
-    """Every candidate direction was filtered out; pin the layer/position instead."""
+    """Every candidate direction was filtered out; ``frame`` holds the scores of every candidate."""
+
+    def __init__(self, message: str, frame: pd.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.frame = frame
 
 
 @torch.no_grad()
@@ -106,8 +110,14 @@ def score_candidates(
     batch_size: int = 16,
     layers: Sequence[int] | None = None,
     pinned: tuple[int, int] | None = None,
+    when_all_filtered: str = "error",
+    relax_min_candidates: int = 5,
 ) -> pd.DataFrame:
     """Score candidate directions and choose one (Arditi et al. selection, METHOD.md section 2).
+
+    ``when_all_filtered``: ``error`` (raise :class:`NoDirectionError`, which carries the scored frame)
+    or ``relax_kl`` (raise the KL bound to the ``relax_min_candidates``-th smallest KL among
+    non-late candidates with steering >= 0, recorded per row as ``kl_threshold_used``).
 
     ``candidates``: ``[n_layers, n_positions, d]`` from :func:`candidate_directions`. ``layers``
     restricts which layers are considered (default: all). Layers in the excluded last fraction are
@@ -163,19 +173,29 @@ def score_candidates(
     frame = pd.DataFrame(rows)
     frame["filtered"] = frame["reason"] != ""
     frame["chosen"] = False
+    frame["kl_threshold_used"] = kl_threshold
     if pinned is not None:
         frame.loc[0, "chosen"] = True
-    else:
-        kept = frame[~frame["filtered"]]
-        if kept.empty:
-            counts = frame["reason"].value_counts().to_dict()
-            raise NoDirectionError(
-                f"every candidate direction was filtered ({counts}); pin the layer and position instead "
-                "(models.<name>.direction_layer / direction_position, e.g. the studies' Gemma 15, Llama 11) "
-                "or relax direction.kl_threshold"
-            )
-        frame.loc[kept["ablation_score"].idxmin(), "chosen"] = True
-    return frame[DIRECTION_COLUMNS]
+        return frame[[*DIRECTION_COLUMNS, "kl_threshold_used"]]
+    kept = frame[~frame["filtered"]]
+    if kept.empty and when_all_filtered == "relax_kl":
+        # Raise the KL bound just enough that `relax_min_candidates` otherwise-valid candidates pass,
+        # so the choice still prefers directions that disturb harmless prompts least.
+        valid = frame[(frame["reason"] != "late_layer") & (frame["steering_score"] >= 0)]
+        if not valid.empty:
+            relaxed = float(np.sort(valid["kl"].to_numpy())[min(relax_min_candidates, len(valid)) - 1])
+            frame["kl_threshold_used"] = relaxed
+            kept = valid[valid["kl"] <= relaxed]
+    if kept.empty:
+        counts = frame["reason"].value_counts().to_dict()
+        raise NoDirectionError(
+            f"every candidate direction was filtered ({counts}); pin the layer and position instead "
+            "(models.<name>.direction_layer / direction_position, e.g. the studies' Gemma 15, Llama 11), "
+            "relax direction.kl_threshold, or set direction.when_all_filtered: relax_kl",
+            frame[[*DIRECTION_COLUMNS, "kl_threshold_used"]],
+        )
+    frame.loc[kept["ablation_score"].idxmin(), "chosen"] = True
+    return frame[[*DIRECTION_COLUMNS, "kl_threshold_used"]]
 
 
 def chosen_direction(frame: pd.DataFrame) -> Tensor:
