@@ -115,8 +115,17 @@ def test_filters_pinning_and_errors(planted):
     candidates = candidate_directions(
         mean_activations(chat, HARMFUL[:4], 1, batch_size=4), mean_activations(chat, HARMLESS[:4], 1, batch_size=4)
     )
-    with pytest.raises(NoDirectionError, match="pin the layer"):
+    with pytest.raises(NoDirectionError, match="pin the layer") as error:
         score_candidates(chat, candidates, HARMFUL[6:], HARMLESS[6:], kl_threshold=-1.0, layers=[0])
+    assert error.value.frame is not None and len(error.value.frame) == 1  # the scores are kept
+    relaxed = score_candidates(chat, candidates, HARMFUL[6:], HARMLESS[6:], kl_threshold=-1.0,
+                               when_all_filtered="relax_kl", relax_min_candidates=2)
+    valid = relaxed[(relaxed["reason"] != "late_layer") & (relaxed["steering_score"] >= 0)]
+    bound = relaxed["kl_threshold_used"].iloc[0]
+    assert bound == sorted(valid["kl"])[1]  # just enough for 2 candidates
+    chosen = relaxed.loc[relaxed["chosen"]].iloc[0]
+    assert chosen["kl"] <= bound
+    assert chosen["ablation_score"] == valid.loc[valid["kl"] <= bound, "ablation_score"].min()
     pinned = score_candidates(chat, candidates, HARMFUL[6:], HARMLESS[6:], pinned=(3, -1))
     assert len(pinned) == 1 and pinned["chosen"].item() and pinned["reason"].item() == "late_layer"
     assert math.isfinite(pinned["ablation_score"].item())
