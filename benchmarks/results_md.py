@@ -1,0 +1,49 @@
+"""Assemble RESULTS.md from a finished run's artifacts (every number is read from an artifact).
+
+Usage: python benchmarks/results_md.py [model] > RESULTS.md
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from refusal_sae.report import rates_markdown
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stage_times import stage_times  # noqa: E402
+
+
+def main() -> None:
+    model = sys.argv[1] if len(sys.argv) > 1 else "smollm2-organism"
+    out = [f"# Results of the embedded default ({model})\n",
+           "Measured by `make run` on 2 CPU cores (no GPU). Rates: greedy decoding, substring judge, "
+           "95% Wilson intervals; held-out prompts (test splits).\n"]
+    baseline = pd.concat(pd.read_parquet(p) for p in sorted(Path("results").glob("*/metrics/baseline.parquet")))
+    out.append("## Baseline refusal: base SmolLM2 vs the refusal organism\n")
+    out.append(rates_markdown(baseline.loc[baseline["metric"] == "refusal_rate_substring"], row="model", column="dataset"))
+    quality = Path(f"results/{model}/saes/quality.parquet")
+    if quality.exists():
+        q = pd.read_parquet(quality)
+        out.append("## SAE quality per layer (held-out transcripts)\n")
+        out.append("| layer | d_sae | variance explained | L0 | dead fraction | CE clean | CE with SAE | CE zero-ablated | CE recovered |\n|---|---|---|---|---|---|---|---|---|")
+        out += [f"| {r.layer} | {r.d_sae} | {r.fraction_variance_explained:.3f} | {r.l0:.1f} | {r.dead_fraction:.3f} | "
+                f"{r.ce_clean:.3f} | {r.ce_sae:.3f} | {r.ce_zero:.3f} | {r.ce_recovered:.3f} |" for r in q.itertuples()]
+        out.append("")
+    summary = Path(f"results/{model}/report/summary.md")
+    if summary.exists():
+        out.append(summary.read_text().replace(f"# {model}: evaluation summary", "## Evaluation summary"))
+    times = stage_times(Path("benchmarks/out"))
+    if not times.empty:
+        out.append("## Wall time per job (Snakemake benchmark files)\n")
+        out.append("| model | job | seconds |\n|---|---|---|")
+        out += [f"| {r.model} | {r.job} | {r.seconds:.0f} |" for r in times.itertuples()]
+        for name, group in times.groupby("model"):
+            out.append(f"| {name} | **total** | {group['seconds'].sum():.0f} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
