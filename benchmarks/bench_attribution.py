@@ -23,7 +23,7 @@ from refusal_sae.interventions import FeatureEdit, intervene
 
 def spliced_forward_backward(chat, saes, batch, steps: int) -> float:
     """Seconds for ``steps`` forward+backward passes with every SAE spliced (latents unedited)."""
-    edit = FeatureEdit(saes=saes, features={layer: torch.arange(1) for layer in saes}, mode="keep")
+    edit = FeatureEdit(saes=saes, features={layer: torch.arange(2) for layer in saes}, mode="scale", value=1.0)
     start = time.perf_counter()
     for _ in range(steps):
         with intervene(chat.model, [edit]):

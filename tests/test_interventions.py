@@ -306,3 +306,22 @@ def test_nnsight_backend_matches_the_hook_backend(tiny_chat: ChatModel, tiny_sae
         torch.testing.assert_close(via_nnsight, hooks, atol=1e-4, rtol=0, msg=name)
         if edits:
             assert (hooks - plain).abs().max() > 1e-3, name
+
+
+def test_sparse_splice_equals_the_full_splice_for_topk_and_relu_saes():
+    from tiny import make_tiny_sae
+
+    from refusal_sae.interventions import sparse_splice, splice
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 32)
+    index = torch.tensor([1, 7, 30])
+    for sae in (make_tiny_sae(32, 64, seed=1), make_tiny_sae(32, 64, seed=2, k=6)):
+        def full(latents):
+            edited = latents.clone()
+            edited[..., index] = -3 * latents[..., index] + 0.5
+            return edited
+
+        fast = sparse_splice(sae, hidden, index, lambda cols: -3 * cols + 0.5)
+        assert torch.allclose(fast, splice(sae, hidden, full), atol=1e-5)
+        assert not torch.allclose(fast, hidden, atol=1e-3)

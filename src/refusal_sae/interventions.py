@@ -123,6 +123,25 @@ def splice(sae: SparseAutoencoder, hidden: Tensor, edit_latents) -> Tensor:
     return hidden + (sae.decode(edited) - sae.decode(latents)).to(hidden.dtype)
 
 
+def decoder_directions(sae: SparseAutoencoder, index: Tensor, like: Tensor) -> Tensor:
+    """``dec(e_i) - dec(0)`` for the latents in ``index``: their write directions ``[n, d]``."""
+    one_hot = torch.zeros(len(index) + 1, int(sae.cfg.d_sae), dtype=like.dtype, device=like.device)
+    one_hot[torch.arange(len(index)), index.to(like.device)] = 1
+    decoded = sae.decode(one_hot)
+    return decoded[:-1] - decoded[-1:]
+
+
+def sparse_splice(sae: SparseAutoencoder, hidden: Tensor, index: Tensor, edit_columns) -> Tensor:
+    """:func:`splice` when only the latents ``index`` change: ``h + (f'_S - f_S) @ D_S``.
+
+    Exact for affine decoders (every sae-lens SAE used here), and it never decodes the full
+    ``d_sae``-wide latent vector, which keeps clamped generation close to plain generation speed.
+    """
+    current = sae.encode(hidden)[..., index]
+    delta = edit_columns(current) - current
+    return hidden + (delta @ decoder_directions(sae, index, delta)).to(hidden.dtype)
+
+
 FeatureMode = Literal["scale", "set", "zero", "keep"]
 
 
@@ -163,21 +182,19 @@ class FeatureEdit:
             rows = active.to(hidden.device).unsqueeze(1)  # [b, 1, n]
             where = where & rows
 
-        def edit(latents: Tensor) -> Tensor:
-            current = latents[..., index]
+        if self.mode == "keep":
+            return hidden
+
+        def edit(current: Tensor) -> Tensor:
             if self.mode == "scale":
                 target = current * self.value
             elif self.mode == "set":
                 target = torch.full_like(current, self.value)
-            elif self.mode == "zero":
-                target = torch.zeros_like(current)
             else:
-                return latents
-            edited = latents.clone()
-            edited[..., index] = torch.where(where, target, current)
-            return edited
+                target = torch.zeros_like(current)
+            return torch.where(where, target, current)
 
-        return splice(self.saes[layer], hidden, edit)
+        return sparse_splice(self.saes[layer], hidden, index, edit)
 
 
 @dataclass
