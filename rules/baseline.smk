@@ -8,6 +8,7 @@ rule baseline:
         code=code("models", "generation", "scoring", "judges", "interventions", "pipeline"),
         settings=model_settings(*MODEL_KEYS),
         stage=stage_settings("baseline"),
+        evaluation=stage_settings("evaluation"),
     threads: workflow.cores
     conda:
         ENV
