@@ -14,6 +14,13 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    dataset=_alternatives(CFG.datasets),
+    layer=r"\d+",
+
+
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/baseline.smk"

@@ -5,7 +5,7 @@ rule baseline:
     output:
         "results/{model}/baseline/{dataset}.parquet",
     params:
-        code=code("models", "generation", "scoring", "judges", "interventions", "pipeline"),
+        code=code_version("models", "generation", "scoring", "judges", "interventions", "pipeline"),
         settings=model_settings(*MODEL_KEYS),
         stage=stage_settings("baseline"),
         evaluation=stage_settings("evaluation"),
@@ -26,7 +26,7 @@ rule baseline_metrics:
     output:
         "results/{model}/metrics/baseline.parquet",
     params:
-        code=code("metrics"),
+        code=code_version("metrics"),
     conda:
         ENV
     log:
@@ -41,7 +41,7 @@ rule baseline_report:
     output:
         "results/report/baseline.md",
     params:
-        code=code("report"),
+        code=code_version("report"),
     conda:
         ENV
     log:

@@ -26,8 +26,8 @@ EVAL_DATASETS = list(CFG.evaluation.datasets) + [CFG.evaluation.harmless_dataset
 LIBDIR = Path(workflow.basedir) / "src" / "refusal_sae"
 
 
-def code(*modules):
-    """Hash of the library modules a rule runs: editing one reruns exactly the jobs that use it."""
+def code_version(*modules):
+    """Hash of the library modules a job imports; editing one reruns exactly the jobs that use it."""
     digest = hashlib.sha256()
     for module in sorted(set(modules) | {"config", "io", "runtime"}):
         digest.update((LIBDIR / f"{module}.py").read_bytes())
@@ -36,11 +36,6 @@ def code(*modules):
 
 def _alternatives(names):
     return "|".join(sorted(names)) if names else "(?!x)x"
-
-
-wildcard_constraints:
-    dataset=_alternatives(CFG.datasets),
-    layer=r"\d+",
 
 
 def model_settings(*keys):

@@ -2,7 +2,7 @@ rule dataset:
     output:
         "resources/datasets/{dataset}.parquet",
     params:
-        code=code("data", "assets"),
+        code=code_version("data", "assets"),
         settings=lambda w: json.dumps(config["datasets"][w.dataset], sort_keys=True),
     conda:
         ENV

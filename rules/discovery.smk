@@ -9,7 +9,7 @@ rule direction_prompts:
     output:
         "results/{model}/direction/prompts.parquet",
     params:
-        code=code("scoring", "pipeline", "interventions"),
+        code=code_version("scoring", "pipeline", "interventions"),
         settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
         evaluation=stage_settings("evaluation"),
@@ -33,7 +33,7 @@ rule direction:
         direction="results/{model}/direction/direction.parquet",
         means="results/{model}/activations/train_means.parquet",
     params:
-        code=code("direction", "scoring", "interventions"),
+        code=code_version("direction", "scoring", "interventions"),
         settings=model_settings(*DISCOVERY_KEYS),
         stage=stage_settings("direction"),
     threads: workflow.cores
@@ -53,7 +53,7 @@ rule cosine_candidates:
     output:
         "results/{model}/attribution/candidates.parquet",
     params:
-        code=code("attribution", "pipeline", "saes"),
+        code=code_version("attribution", "pipeline", "saes"),
         stage=stage_settings("attribution"),
     conda:
         ENV
@@ -74,7 +74,7 @@ rule attribution:
     wildcard_constraints:
         attr_set=_alternatives(ATTRIBUTION_SETS),
     params:
-        code=code("attribution", "interventions", "pipeline", "saes"),
+        code=code_version("attribution", "interventions", "pipeline", "saes"),
         stage=stage_settings("attribution"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
@@ -96,7 +96,7 @@ rule ap_attribution:
         per_prompt="results/{model}/attribution/ap_per_prompt.parquet",
         global_="results/{model}/attribution/ap_global.parquet",
     params:
-        code=code("attribution", "interventions", "pipeline", "saes"),
+        code=code_version("attribution", "interventions", "pipeline", "saes"),
         stage=stage_settings("attribution"),
         selection=stage_settings("selection"),
     threads: workflow.cores
@@ -119,7 +119,7 @@ rule faithfulness:
     output:
         "results/{model}/attribution/faithfulness.parquet",
     params:
-        code=code("attribution", "interventions", "pipeline", "saes"),
+        code=code_version("attribution", "interventions", "pipeline", "saes"),
         stage=stage_settings("attribution"),
     threads: workflow.cores
     conda:
@@ -142,7 +142,7 @@ rule feature_sets:
     output:
         expand("results/{{model}}/features/{method}.parquet", method=FEATURE_SET_METHODS),
     params:
-        code=code("selection", "attribution", "pipeline", "saes"),
+        code=code_version("selection", "attribution", "pipeline", "saes"),
         selection=stage_settings("selection"),
     threads: workflow.cores
     conda:

@@ -16,7 +16,7 @@ rule generate:
     wildcard_constraints:
         method=_alternatives(ALL_METHODS),
     params:
-        code=code("generation", "methods", "interventions", "selection", "judges", "pipeline"),
+        code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
         **EVALUATION_PARAMS,
     threads: workflow.cores
     conda:
@@ -38,7 +38,7 @@ rule judge:
     wildcard_constraints:
         method=_alternatives(ALL_METHODS),
     params:
-        code=code("judges"),
+        code=code_version("judges"),
         evaluation=stage_settings("evaluation"),
     threads: workflow.cores
     conda:
@@ -60,7 +60,7 @@ rule induction:
     wildcard_constraints:
         method=_alternatives(FEATURE_SET_METHODS),
     params:
-        code=code("generation", "methods", "interventions", "selection", "judges", "pipeline"),
+        code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
         **EVALUATION_PARAMS,
     threads: workflow.cores
     conda:
@@ -84,7 +84,7 @@ rule capability:
     output:
         "results/{model}/metrics/capability.parquet",
     params:
-        code=code("metrics", "methods", "interventions", "selection", "scoring", "pipeline"),
+        code=code_version("metrics", "methods", "interventions", "selection", "scoring", "pipeline"),
         **EVALUATION_PARAMS,
     threads: workflow.cores
     conda:
@@ -113,7 +113,7 @@ rule evaluation_metrics:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
         induction="results/{model}/metrics/induction.parquet",
     params:
-        code=code("metrics", "methods"),
+        code=code_version("metrics", "methods"),
     conda:
         ENV
     log:
@@ -135,7 +135,7 @@ rule summary:
         markdown="results/{model}/report/summary.md",
         figure="results/{model}/report/jailbreak.png",
     params:
-        code=code("report"),
+        code=code_version("report"),
     conda:
         ENV
     log:

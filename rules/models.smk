@@ -2,7 +2,7 @@ rule prepare_model:
     output:
         "resources/models/{model}/manifest.json",
     params:
-        code=code("models", "assets"),
+        code=code_version("models", "assets"),
         settings=model_settings(*MODEL_KEYS),
     wildcard_constraints:
         model=_alternatives(PLAIN_MODELS),
@@ -24,7 +24,7 @@ rule organism:
         manifest="resources/models/{model}/manifest.json",
         training="results/{model}/organism/training.parquet",
     params:
-        code=code("organism", "models", "generation", "data"),
+        code=code_version("organism", "models", "generation", "data"),
         settings=model_settings(*MODEL_KEYS, "organism"),
     wildcard_constraints:
         model=_alternatives(ORGANISMS),

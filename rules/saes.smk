@@ -5,7 +5,7 @@ rule sae_corpus:
     output:
         "results/{model}/saes/corpus.parquet",
     params:
-        code=code("models", "generation", "data"),
+        code=code_version("models", "generation", "data"),
         settings=model_settings(*MODEL_KEYS, *SAE_KEYS),
     threads: workflow.cores
     conda:
@@ -25,7 +25,7 @@ rule sae_activations:
     output:
         temp("resources/saes/{model}/cache/activations.pt"),
     params:
-        code=code("sae_training", "saes", "interventions"),
+        code=code_version("sae_training", "saes", "interventions"),
         settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
     conda:
@@ -44,7 +44,7 @@ rule train_sae:
     output:
         "resources/saes/{model}/layer_{layer}/cfg.json",
     params:
-        code=code("sae_training"),
+        code=code_version("sae_training"),
         settings=model_settings(*SAE_KEYS),
     threads: 1
     conda:
@@ -66,7 +66,7 @@ rule sae_quality:
     output:
         "results/{model}/saes/quality.parquet",
     params:
-        code=code("sae_training", "saes", "interventions"),
+        code=code_version("sae_training", "saes", "interventions"),
         settings=model_settings(*SAE_KEYS),
     threads: workflow.cores
     conda:
@@ -89,7 +89,7 @@ rule saes_manifest:
     output:
         "resources/saes/{model}/saes.json",
     params:
-        code=code("saes"),
+        code=code_version("saes"),
         settings=model_settings(*SAE_KEYS),
     conda:
         ENV
