@@ -61,10 +61,6 @@ def manifest(model):
     return f"resources/models/{model}/manifest.json"
 
 
-def datasets_with_label(label):
-    return [name for name, ds in CFG.datasets.items() if ds.label == label]
-
-
 def all_dataset_files():
     return [f"resources/datasets/{d}.parquet" for d in CFG.datasets]
 
@@ -74,10 +70,6 @@ def sae_layers(model):
     if layers == "all":
         raise WorkflowError(f"models.{model}.saes.layers: list the layers explicitly for the workflow")
     return list(layers)
-
-
-def gpu_resources(model):
-    return {"gpu": 1} if CFG.models[model].gpu else {}
 
 
 def all_targets():

@@ -46,7 +46,7 @@ from .interventions import (
     StraightThroughTarget,
     StreamState,
     intervene,
-    splice,
+    sparse_splice,
 )
 from .models import ChatModel
 
@@ -196,7 +196,7 @@ def _clean_and_patched(
     with intervene(chat.model, [clean]):
         clean_logits = _last_logits(chat, batch)
     patched = Recorder(layers)
-    ablation = DirectionAblation(direction, list(range(-1, chat.facts.n_layers)))
+    ablation = DirectionAblation.everywhere(direction, chat.facts.n_layers)
     # Ablation runs before the recorder at each layer, so the recorded stream is the ablated one.
     with intervene(chat.model, [ablation, patched]):
         patched_logits = _last_logits(chat, batch)
@@ -446,13 +446,10 @@ class _LatentPatch:
         return [self.layer]
 
     def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
-        def edit(latents: Tensor) -> Tensor:
-            edited = latents.clone()
-            current = latents[..., self.feature]
-            edited[..., self.feature] = torch.where(self.where, self.values.to(current), current)
-            return edited
+        def edit(current: Tensor) -> Tensor:  # [B, T, 1]: the one patched latent
+            return torch.where(self.where.unsqueeze(-1), self.values.to(current).unsqueeze(-1), current)
 
-        return splice(self.sae, hidden, edit)
+        return sparse_splice(self.sae, hidden, torch.tensor([self.feature]), edit)
 
 
 @torch.no_grad()

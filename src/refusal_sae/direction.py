@@ -140,7 +140,6 @@ def score_candidates(
     else:
         chosen_layers = range(n_layers) if layers is None else sorted(set(layers))
         grid = [(layer, p) for layer in chosen_layers for p in range(n_positions)]
-    ablate_layers = list(range(-1, n_layers))
 
     # Base harmless logits are shared by every candidate's KL.
     base_harmless = last_position_logits(chat, harmless_val, (), batch_size)
@@ -153,7 +152,7 @@ def score_candidates(
             row.update(ablation_score=np.nan, steering_score=np.nan, kl=np.nan, reason="late_layer")
             rows.append(row)
             continue
-        ablation = [DirectionAblation(vector, ablate_layers)]
+        ablation = [DirectionAblation.everywhere(vector, n_layers)]
         harmful_logits = last_position_logits(chat, harmful_val, ablation, batch_size)
         harmless_ablated = last_position_logits(chat, harmless_val, ablation, batch_size)
         steered = last_position_logits(chat, harmless_val, [ActivationAddition(vector, layer)], batch_size)

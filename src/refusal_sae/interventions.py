@@ -82,6 +82,11 @@ class DirectionAblation:
     direction: Tensor
     layers: Sequence[int]
 
+    @classmethod
+    def everywhere(cls, direction: Tensor, n_layers: int) -> DirectionAblation:
+        """Ablation from the embeddings (layer -1) and every block output of an ``n_layers`` model."""
+        return cls(direction, list(range(-1, n_layers)))
+
     def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
         r = _unit(self.direction).to(hidden)
         return hidden - (hidden @ r).unsqueeze(-1) * r

@@ -17,11 +17,6 @@ FEATURE_SET_METHODS = ("ours_prompt", "ours_global", "cossim", "actdiff", "ap", 
 ALL_METHODS = (BASE, DIRECTION_ABLATION, *FEATURE_SET_METHODS)
 
 
-def direction_ablation(direction: Tensor, n_layers: int) -> DirectionAblation:
-    """Ablate the direction from the embeddings and every block output."""
-    return DirectionAblation(direction, layers=list(range(-1, n_layers)))
-
-
 def feature_edit(
     feature_set: pd.DataFrame,
     prompt_ids: Sequence[str],
@@ -57,7 +52,7 @@ def method_edits(
     if method == DIRECTION_ABLATION:
         if direction is None:
             raise ValueError("direction_ablation needs the refusal direction")
-        return [direction_ablation(direction, n_layers)]
+        return [DirectionAblation.everywhere(direction, n_layers)]
     if feature_set is None or saes is None:
         raise ValueError(f"method {method!r} needs a feature set and SAEs")
     edit = feature_edit(feature_set, prompt_ids, saes, mode, value)

@@ -58,19 +58,8 @@ def load_pretrained(
 
         kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype), **kwargs)
-    if gguf_file:
-        _forget_gguf_quantizer(model)
     model.eval()
     return model, tokenizer
-
-
-def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
-    """GGUF tensors are de-quantized on load, but transformers keeps a quantizer tag that blocks
-    ``save_pretrained``; the weights are plain tensors, so the tag is dropped."""
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
 
 
 def save_hf_directory(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: str | os.PathLike) -> Path:
