@@ -48,6 +48,14 @@ def model_settings(*keys):
     return settings
 
 
+def corpus_settings(wildcards):
+    """The SAE corpus depends on the model and the corpus fields of ``saes``, not on how SAEs are trained."""
+    block = config["models"][wildcards.model]
+    saes = block.get("saes", {})
+    corpus = {k: saes.get(k) for k in ("corpus_max_prompts", "corpus_new_tokens")}
+    return json.dumps({**{k: block.get(k) for k in MODEL_KEYS}, "corpus": corpus}, sort_keys=True, default=str)
+
+
 MODEL_KEYS = ("source", "dtype", "refusal_tokens")
 SAE_KEYS = ("saes",)
 DISCOVERY_KEYS = MODEL_KEYS + ("saes", "direction_layer", "direction_position")

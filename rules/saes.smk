@@ -6,7 +6,7 @@ rule sae_corpus:
         "results/{model}/saes/corpus.parquet",
     params:
         code=code_version("models", "generation", "data"),
-        settings=model_settings(*MODEL_KEYS, *SAE_KEYS),
+        settings=corpus_settings,
     threads: workflow.cores
     conda:
         ENV

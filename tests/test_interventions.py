@@ -17,8 +17,10 @@ from refusal_sae.interventions import (
     FeatureEdit,
     PositionMask,
     Recorder,
+    SAEReconstruction,
     StraightThroughTarget,
     StreamState,
+    ZeroAblation,
     decoder_layers,
     intervene,
     run_until,
@@ -226,6 +228,30 @@ def test_position_masks_and_stream_state_during_cached_generation(tiny_chat: Cha
             dim=1,
         )
         assert torch.equal(touched, expected[layer]), specs[layer]
+
+
+@pytest.mark.parametrize("kind", ["reconstruction", "zero"])
+def test_sink_excluding_replacements_keep_the_first_real_token(tiny_chat: ChatModel, kind: str) -> None:
+    """CE-recovered splices from the second real token on: the sink keeps its clean value, every later
+    position is replaced, under left padding (each row's sink sits in a different column)."""
+    d, layer = tiny_chat.facts.d_model, 1
+    # A decoder of zeros (and b_dec = 0) reconstructs everything as 0, like ZeroAblation.
+    zero_sae = make_tiny_sae(d, 2 * d, seed=3)
+    with torch.no_grad():
+        zero_sae.W_dec.zero_()
+        zero_sae.b_dec.zero_()
+    after_sink = PositionMask("from", 1)
+    edit = SAEReconstruction({layer: zero_sae}, after_sink) if kind == "reconstruction" else ZeroAblation([layer], after_sink)
+    clean = _recorded(tiny_chat, PROMPTS, layer)
+    after = Recorder([layer])
+    _logits(tiny_chat, PROMPTS, [edit, after])
+    edited = after.outputs[layer][0]
+    mask = tiny_chat.tokenize(PROMPTS)["attention_mask"].bool()
+    pads = (~mask).sum(-1)
+    for row, pad in enumerate(pads.tolist()):
+        torch.testing.assert_close(edited[row, pad], clean[row, pad])  # the sink is untouched
+        assert clean[row, pad].abs().sum() > 0
+        assert edited[row, pad + 1:].abs().max() == 0  # every later real position is replaced
 
 
 # --- straight-through targets and early stopping -------------------------------------------------

@@ -202,11 +202,24 @@ class FeatureEdit:
         return sparse_splice(self.saes[layer], hidden, index, edit)
 
 
+def _where(state: StreamState, positions: PositionMask, edited: Tensor, hidden: Tensor) -> Tensor:
+    """``edited`` on the positions ``positions`` selects, ``hidden`` elsewhere."""
+    if positions.kind == "all":
+        return edited
+    b, t, _ = hidden.shape
+    return torch.where(state.mask(positions, b, t, hidden.device).unsqueeze(-1), edited, hidden)
+
+
 @dataclass
 class SAEReconstruction:
-    """``h <- dec(enc(h))`` (error dropped): the SAE-replaced stream used for CE-recovered."""
+    """``h <- dec(enc(h))`` (error dropped) on ``positions``: the SAE-replaced stream of CE-recovered.
+
+    SAEs trained without the attention-sink token (see ``sae_training.SINK_TOKENS``) are spliced
+    with ``PositionMask("from", SINK_TOKENS)``, the positions they were trained on.
+    """
 
     saes: Mapping[int, SparseAutoencoder]
+    positions: PositionMask = field(default_factory=PositionMask)
 
     @property
     def layers(self) -> Sequence[int]:
@@ -214,17 +227,18 @@ class SAEReconstruction:
 
     def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
         sae = self.saes[layer]
-        return sae.decode(sae.encode(hidden)).to(hidden.dtype)
+        return _where(state, self.positions, sae.decode(sae.encode(hidden)).to(hidden.dtype), hidden)
 
 
 @dataclass
 class ZeroAblation:
-    """``h <- 0`` at the given layers (the reference point of CE-recovered)."""
+    """``h <- 0`` at the given layers on ``positions`` (the reference point of CE-recovered)."""
 
     layers: Sequence[int]
+    positions: PositionMask = field(default_factory=PositionMask)
 
     def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
-        return torch.zeros_like(hidden)
+        return _where(state, self.positions, torch.zeros_like(hidden), hidden)
 
 
 @dataclass
