@@ -39,11 +39,11 @@ from .models import ChatModel
 SINK_TOKENS = 1
 """Leading tokens of every transcript left out of SAE training and of the CE-recovered splice.
 
-The first token is an attention sink whose ``resid_post`` norm is ~100x the median from the middle
+The first token is an attention sink whose ``resid_post`` norm is 50-150x the median from the middle
 layers on (measured on the SmolLM2 organism: ~25,000 vs ~160-510). It carries no prompt information
 (causal attention: it only sees itself), would dominate the reconstruction loss, and an SAE spliced
-there breaks every later position. sae-lens (``exclude_special_tokens_from_reconstruction``) and
-Gemma Scope leave it out the same way.
+there breaks every later position. sae-lens's ``run_evals`` likewise leaves special tokens (BOS among
+them) unreplaced by default (``exclude_special_tokens=True``).
 """
 
 
@@ -372,7 +372,7 @@ def sae_quality(
     chat transcripts): clean, with ``h_l`` replaced by the SAE reconstruction at that one layer (error
     dropped), and with ``h_l`` zeroed; ``ce_recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean)``.
     Both replacements act on the positions the SAE was trained on, every token after the first
-    :data:`SINK_TOKENS` (sae-lens's ``exclude_special_tokens_from_reconstruction``); the sink keeps
+    :data:`SINK_TOKENS` (as sae-lens's ``run_evals`` does for special tokens); the sink keeps
     its clean value in both, so the ratio compares like with like.
     """
     trained_positions = PositionMask("from", SINK_TOKENS)
