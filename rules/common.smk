@@ -12,6 +12,7 @@ ENV = str(Path(workflow.basedir) / "environment.yaml")
 
 from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
 from refusal_sae.methods import ALL_METHODS, FEATURE_SET_METHODS  # noqa: E402
+from refusal_sae.runtime import source_fingerprint  # noqa: E402
 
 try:
     CFG = load_pipeline_config(config)
@@ -27,10 +28,10 @@ LIBDIR = Path(workflow.basedir) / "src" / "refusal_sae"
 
 
 def code_version(*modules):
-    """Hash of the library modules a job imports; editing one reruns exactly the jobs that use it."""
+    """Hash of the code of the library modules a job imports; editing one reruns exactly the jobs that use it."""
     digest = hashlib.sha256()
     for module in sorted(set(modules) | {"config", "io", "runtime"}):
-        digest.update((LIBDIR / f"{module}.py").read_bytes())
+        digest.update(source_fingerprint(LIBDIR / f"{module}.py").encode())
     return digest.hexdigest()[:16]
 
 
@@ -48,17 +49,17 @@ def model_settings(*keys):
     return settings
 
 
+MODEL_KEYS = ("source", "dtype", "refusal_tokens")
+SAE_KEYS = ("saes",)
+DISCOVERY_KEYS = MODEL_KEYS + ("saes", "direction_layer", "direction_position")
+
+
 def corpus_settings(wildcards):
     """The SAE corpus depends on the model and the corpus fields of ``saes``, not on how SAEs are trained."""
     block = config["models"][wildcards.model]
     saes = block.get("saes", {})
     corpus = {k: saes.get(k) for k in ("corpus_max_prompts", "corpus_new_tokens")}
     return json.dumps({**{k: block.get(k) for k in MODEL_KEYS}, "corpus": corpus}, sort_keys=True, default=str)
-
-
-MODEL_KEYS = ("source", "dtype", "refusal_tokens")
-SAE_KEYS = ("saes",)
-DISCOVERY_KEYS = MODEL_KEYS + ("saes", "direction_layer", "direction_position")
 
 
 def stage_settings(stage):

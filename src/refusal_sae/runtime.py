@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import logging
 import random
 import sys
@@ -35,3 +37,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def source_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a Python module's code with docstrings, comments and layout removed.
+
+    The workflow hashes the modules each rule imports into its params; fingerprinting the syntax tree
+    instead of the bytes means a docstring or comment edit does not rerun hours of jobs.
+    """
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            # Bare string statements are docstrings (module, class, function or attribute ones).
+            kept = [
+                stmt for stmt in body
+                if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+                        and isinstance(stmt.value.value, str))
+            ]
+            node.body = kept or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
