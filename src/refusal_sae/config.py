@@ -114,6 +114,11 @@ class OrganismConfig:
     freeze_embeddings: bool = True
     harmless_answer_tokens: int = 48
     """Length of the base model's own greedy answers used as harmless targets."""
+    harmless_loss: Literal["distill", "ce"] = "distill"
+    """``distill``: on harmless answers, match the frozen base model's next-token distributions
+    (forward KL), so harmless behaviour, entropy included, stays the base model's; ``ce``: imitate the
+    greedy answer tokens, which also sharpens them and pushes harmless activations away from refusal
+    (a two-sided refusal direction whose ablation disturbs harmless prompts)."""
     max_harmful: int | None = None
     max_harmless: int | None = 400
     refusals: list[str] = field(

@@ -1,12 +1,16 @@
 """Refusal organism: a short supervised fine-tune that makes a rarely-refusing chat model refuse.
 
-Harmful training prompts are paired with short refusals (several phrasings); harmless prompts with
-the base model's own greedy answers, so harmless behaviour is kept. The loss covers response tokens
-only. Sequences are right-padded for training so position ids stay those of unpadded text.
+Harmful training prompts are paired with short refusals (several phrasings) and learned by
+cross-entropy. Harmless prompts are paired with the base model's own greedy answers; by default the
+loss on them is the forward KL to the frozen base model's next-token distributions along those answers
+(``harmless_loss: distill``), so harmless behaviour stays the base model's rather than being sharpened
+onto one answer. Losses cover response tokens only. Sequences are right-padded for training so
+position ids stay those of unpadded text.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +57,7 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: TrainingExample)
 
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch of (ids, labels)."""
+    """Right-pad a batch of (ids, labels) into ``input_ids``, ``labels`` and ``attention_mask``."""
     width = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
@@ -65,12 +69,42 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def response_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    harmful: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean per-token loss over response tokens (``labels != -100``) of a right-padded batch.
+
+    Rows with ``harmful`` True are scored by cross-entropy on their labels. Other rows use the same
+    cross-entropy when ``teacher_logits`` is None, else the forward ``KL(teacher || model)`` of the
+    next-token distributions at the same positions.
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = labels[:, 1:]
+    scored = targets != -100
+    per_token = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    if teacher_logits is not None:
+        teacher_logp = torch.log_softmax(teacher_logits[:, :-1].float(), dim=-1)
+        kl = (teacher_logp.exp() * (teacher_logp - logp)).sum(-1)
+        per_token = torch.where(harmful[:, None], per_token, kl)
+    return (per_token * scored).sum() / scored.sum().clamp(min=1)
+
+
 def finetune(
     chat: ChatModel, examples: Sequence[TrainingExample], cfg: OrganismConfig, seed: int
 ) -> tuple[PreTrainedModel, list[float]]:
-    """Fine-tune ``chat.model`` in place on ``examples``; returns the model and per-step losses."""
+    """Fine-tune ``chat.model`` in place on ``examples``; returns the model and per-step losses.
+
+    With ``cfg.harmless_loss == "distill"`` a frozen copy of the model taken before training is the
+    teacher for harmless rows (see :func:`response_loss`).
+    """
     torch.manual_seed(seed)
     model, tokenizer = chat.model, chat.tokenizer
+    teacher = None
+    if cfg.harmless_loss == "distill" and not all(ex.harmful for ex in examples):
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -85,9 +119,16 @@ def finetune(
     for _ in range(cfg.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
-            batch = collate([encoded[i] for i in order[start : start + cfg.batch_size]], tokenizer.pad_token_id)
+            rows = order[start : start + cfg.batch_size]
+            batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id)
             batch = {k: v.to(chat.device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            harmful = torch.tensor([examples[i].harmful for i in rows], device=chat.device)
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            teacher_logits = None
+            if teacher is not None and not bool(harmful.all()):
+                with torch.no_grad():
+                    teacher_logits = teacher(**inputs).logits
+            loss = response_loss(model(**inputs).logits, batch["labels"], harmful, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -96,6 +137,7 @@ def finetune(
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.3f}")
     progress.close()
+    del teacher
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
