@@ -16,6 +16,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stage_times import stage_times  # noqa: E402
 
 
+def direction_markdown(frame: pd.DataFrame, lowest: int = 12) -> str:
+    """The scored direction candidates with the lowest harmless KL, plus the chosen one."""
+    scored = frame[frame["reason"] != "late_layer"].sort_values("kl")
+    shown = pd.concat([scored.head(lowest), scored[scored["chosen"]]]).drop_duplicates(["layer", "position"])
+    bound = float(frame["kl_threshold_used"].iloc[0])
+    lines = [
+        "## Direction candidates (validation prompts)\n",
+        f"{len(scored)} non-late candidates scored; the {lowest} with the lowest harmless first-token KL and the "
+        f"chosen one. Ablation score: mean refusal log-odds of harmful prompts under ablation (lower removes "
+        f"more refusal); steering: of harmless prompts with the direction added. KL bound used: {bound:.3f}.\n",
+        "| layer | position | ablation score | steering score | KL | filtered by | chosen |\n|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r.layer} | {r.position} | {r.ablation_score:.2f} | {r.steering_score:.2f} | {r.kl:.3f} | "
+              f"{r.reason or '-'} | {'yes' if r.chosen else ''} |" for r in shown.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     model = sys.argv[1] if len(sys.argv) > 1 else "smollm2-organism"
     out = [f"# Results of the embedded default ({model})\n",
@@ -36,6 +53,9 @@ def main() -> None:
         out += [f"| {r.layer} | {r.d_sae} | {r.fraction_variance_explained:.3f} | {r.l0:.1f} | {r.dead_fraction:.3f} | "
                 f"{r.ce_clean:.3f} | {r.ce_sae:.3f} | {r.ce_zero:.3f} | {r.ce_recovered:.3f} |" for r in q.itertuples()]
         out.append("")
+    candidates = Path(f"results/{model}/direction/candidates.parquet")
+    if candidates.exists():
+        out.append(direction_markdown(pd.read_parquet(candidates)))
     summary = Path(f"results/{model}/report/summary.md")
     if summary.exists():
         out.append(summary.read_text().replace(f"# {model}: evaluation summary", "## Evaluation summary"))
