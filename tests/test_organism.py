@@ -38,7 +38,7 @@ def test_distilled_rows_cost_nothing_when_the_model_matches_its_teacher():
     harmful = torch.tensor([True, False])
     only_harmless = response_loss(logits[1:], batch["labels"][1:], harmful[1:], logits[1:].detach())
     assert float(only_harmless) == pytest.approx(0.0, abs=1e-6)
-    mixed = response_loss(logits, batch["labels"], harmful, logits.detach())
+    mixed = response_loss(logits, batch["labels"], harmful, logits[~harmful])
     ce = response_loss(logits, batch["labels"], harmful)
     n_harmful = int((batch["labels"][0, 1:] != -100).sum())
     n_total = int((batch["labels"][:, 1:] != -100).sum())

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -79,16 +80,17 @@ def response_loss(
 
     Rows with ``harmful`` True are scored by cross-entropy on their labels. Other rows use the same
     cross-entropy when ``teacher_logits`` is None, else the forward ``KL(teacher || model)`` of the
-    next-token distributions at the same positions.
+    next-token distributions; ``teacher_logits`` then holds only those rows, in batch order.
     """
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     targets = labels[:, 1:]
     scored = targets != -100
-    per_token = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_token = F.nll_loss(logp.transpose(1, 2), targets, ignore_index=-100, reduction="none")
     if teacher_logits is not None:
         teacher_logp = torch.log_softmax(teacher_logits[:, :-1].float(), dim=-1)
-        kl = (teacher_logp.exp() * (teacher_logp - logp)).sum(-1)
-        per_token = torch.where(harmful[:, None], per_token, kl)
+        kl = F.kl_div(logp[~harmful], teacher_logp, log_target=True, reduction="none").sum(-1)
+        per_token = per_token.clone()
+        per_token[~harmful] = kl
     return (per_token * scored).sum() / scored.sum().clamp(min=1)
 
 
@@ -126,8 +128,8 @@ def finetune(
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             teacher_logits = None
             if teacher is not None and not bool(harmful.all()):
-                with torch.no_grad():
-                    teacher_logits = teacher(**inputs).logits
+                with torch.no_grad():  # harmful rows are learned by cross-entropy: no teacher needed
+                    teacher_logits = teacher(**{k: v[~harmful] for k, v in inputs.items()}).logits
             loss = response_loss(model(**inputs).logits, batch["labels"], harmful, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
