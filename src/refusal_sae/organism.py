@@ -135,7 +135,7 @@ def finetune(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.3f}")
     progress.close()
