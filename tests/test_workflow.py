@@ -13,6 +13,7 @@ import pytest
 import yaml
 from tiny import make_tiny_chat_model, save_tiny_chat_model
 
+from refusal_sae.artifacts import check_artifacts
 from refusal_sae.config import OrganismConfig
 from refusal_sae.methods import ALL_METHODS
 from refusal_sae.organism import TrainingExample, finetune
@@ -104,21 +105,12 @@ def test_organism_refuses_harmful_and_not_harmless(finished_run):
 
 
 def test_artifacts_follow_their_schemas(finished_run):
+    assert check_artifacts(finished_run) == []
     results = finished_run / "results/tiny-organism"
-    expected = {
-        "baseline/harmful.parquet": {"prompt_id", "refusal_score", "first_token", "completion", "refused"},
-        "direction/candidates.parquet": {"layer", "position", "vector", "ablation_score", "steering_score", "kl", "chosen"},
-        "attribution/harmful.parquet": {"prompt_id", "layer", "feature", "score", "cosine"},
-        "features/ours_prompt.parquet": {"scope", "layer", "feature", "rank", "score"},
-        "generations/harmful/ours_global.parquet": {"prompt_id", "method", "setting", "completion", "refused",
-                                                     "judge", "judge_label"},
-        "metrics/jailbreak.parquet": {"method", "dataset", "metric", "value", "ci_low", "ci_high", "n"},
-        "saes/quality.parquet": {"layer", "fraction_variance_explained", "l0", "dead_fraction", "ce_recovered"},
-    }
-    for path, columns in expected.items():
-        frame = pd.read_parquet(results / path)
-        assert columns <= set(frame.columns), (path, set(frame.columns))
-        assert len(frame) > 0, path
+    for path in ["baseline/harmful.parquet", "direction/candidates.parquet", "attribution/harmful.parquet",
+                 "features/ours_prompt.parquet", "generations/harmful/ours_global.parquet",
+                 "metrics/jailbreak.parquet", "saes/quality.parquet"]:
+        assert len(pd.read_parquet(results / path)) > 0, path
 
 
 def test_direction_ablation_jailbreaks_the_organism(finished_run):

@@ -1,0 +1,204 @@
+"""The documented schema of every Parquet artifact a run writes, and a checker for a finished run.
+
+Each :class:`ArtifactContract` names a path pattern (``{model}``, ``{dataset}``, ``{method}`` stand
+for one path component) and the exact columns with their kinds. A run conforms when every Parquet
+file under ``results/`` and ``resources/datasets/`` matches a contract (first match wins, so the
+specific patterns come before the general ones) and holds exactly the contract's columns, each of its
+kind. The README's artifact table is :func:`markdown_table`; a test keeps the two identical.
+
+Usage: ``python -m refusal_sae.artifacts [ROOT]`` (ROOT defaults to the working directory) prints
+one line per problem and exits 1 if there is any.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STR, INT, FLOAT, BOOL, VECTOR, NULLABLE_STR = "str", "int", "float", "bool", "list<float>", "str|null"
+
+_METRIC_COLUMNS = {"method": STR, "dataset": STR, "metric": STR, "value": FLOAT, "ci_low": FLOAT,
+                   "ci_high": FLOAT, "n": INT}
+_DIRECTION_COLUMNS = {"layer": INT, "position": INT, "vector": VECTOR, "ablation_score": FLOAT,
+                      "steering_score": FLOAT, "kl": FLOAT, "filtered": BOOL, "reason": STR, "chosen": BOOL,
+                      "kl_threshold_used": FLOAT}
+
+
+@dataclass(frozen=True)
+class ArtifactContract:
+    """One artifact: its path pattern relative to the run root, its columns and what a row is."""
+
+    pattern: str
+    columns: dict[str, str]
+    row: str
+
+    def matches(self, relative_path: str) -> bool:
+        """Whether ``relative_path`` (POSIX, relative to the run root) is an instance of the pattern."""
+        regex = re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(self.pattern))
+        return re.fullmatch(regex, relative_path) is not None
+
+
+CONTRACTS: tuple[ArtifactContract, ...] = (
+    ArtifactContract("resources/datasets/{dataset}.parquet",
+                     {"prompt_id": STR, "prompt": STR, "category": STR, "source": STR, "split": STR, "label": STR},
+                     "prompt"),
+    ArtifactContract("results/{model}/baseline/{dataset}.parquet",
+                     {"prompt_id": STR, "split": STR, "refusal_score": FLOAT, "first_token": STR,
+                      "first_token_refusal": BOOL, "completion": STR, "refused": BOOL},
+                     "prompt: greedy completion of the unedited model"),
+    ArtifactContract("results/{model}/organism/training.parquet", {"step": INT, "loss": FLOAT},
+                     "optimiser step of the organism fine-tune"),
+    ArtifactContract("results/{model}/saes/corpus.parquet",
+                     {"prompt_id": STR, "label": STR, "role": STR, "response": STR, "text": STR},
+                     "transcript the SAEs are trained (train role) or evaluated (val role) on"),
+    ArtifactContract("results/{model}/saes/quality.parquet",
+                     {"layer": INT, "d_sae": INT, "fraction_variance_explained": FLOAT, "l0": FLOAT,
+                      "dead_fraction": FLOAT, "ce_clean": FLOAT, "ce_sae": FLOAT, "ce_zero": FLOAT,
+                      "ce_recovered": FLOAT},
+                     "SAE layer, on held-out transcripts"),
+    ArtifactContract("results/{model}/direction/prompts.parquet",
+                     {"prompt_id": STR, "prompt": STR, "label": STR, "role": STR, "refusal_score": FLOAT,
+                      "first_token_refusal": BOOL, "kept": BOOL},
+                     "fitting prompt and whether the refusal filter kept it"),
+    ArtifactContract("results/{model}/activations/train_means.parquet",
+                     {"label": STR, "layer": INT, "position": INT, "activation": VECTOR},
+                     "label x layer x post-instruction position: mean resid_post"),
+    ArtifactContract("results/{model}/direction/candidates.parquet", _DIRECTION_COLUMNS,
+                     "candidate direction (layer x position) with its selection scores"),
+    ArtifactContract("results/{model}/direction/direction.parquet", _DIRECTION_COLUMNS,
+                     "the chosen direction (one row)"),
+    ArtifactContract("results/{model}/attribution/candidates.parquet",
+                     {"layer": INT, "feature": INT, "cosine": FLOAT, "rank": INT},
+                     "cosine candidate (top-K0 per SAE layer)"),
+    ArtifactContract("results/{model}/attribution/faithfulness.parquet",
+                     {"scope": STR, "spearman": FLOAT, "overlap_at_k": FLOAT, "k": INT, "n": INT},
+                     "LA-IG vs exact patching, per prompt and pooled"),
+    ArtifactContract("results/{model}/attribution/ap_global.parquet",
+                     {"layer": INT, "feature": INT, "score": FLOAT, "rank": INT},
+                     "AP baseline: top feature over all latents, training prompts"),
+    ArtifactContract("results/{model}/attribution/ap_per_prompt.parquet",
+                     {"prompt_id": STR, "layer": INT, "feature": INT, "score": FLOAT, "rank": INT},
+                     "AP baseline: top feature of one evaluation prompt"),
+    ArtifactContract("results/{model}/attribution/{dataset}.parquet",
+                     {"prompt_id": STR, "layer": INT, "feature": INT, "score": FLOAT, "cosine": FLOAT,
+                      "target_id": INT},
+                     "prompt x cosine candidate: LA-IG score (dataset `train` = the fitting prompts)"),
+    ArtifactContract("results/{model}/features/{method}.parquet",
+                     {"scope": STR, "layer": INT, "feature": INT, "rank": INT, "score": FLOAT, "method": STR},
+                     "member of a feature set; scope = `global` or the prompt_id it belongs to"),
+    ArtifactContract("results/{model}/generations/{dataset}/induction_{method}.parquet",
+                     {"prompt_id": STR, "method": STR, "setting": STR, "value": FLOAT, "completion": STR,
+                      "refused": BOOL, "judge": STR},
+                     "harmless prompt x set value: completion with the set's latents held at value"),
+    ArtifactContract("results/{model}/generations/{dataset}/{method}.parquet",
+                     {"prompt_id": STR, "method": STR, "setting": STR, "completion": STR, "refused": BOOL,
+                      "judge": STR, "judge_label": NULLABLE_STR},
+                     "prompt: completion under the method's intervention"),
+    ArtifactContract("results/{model}/judgments/{dataset}/{method}.parquet",
+                     {"prompt_id": STR, "method": STR, "judge": STR, "judge_label": NULLABLE_STR,
+                      "harmful": BOOL, "note": STR},
+                     "prompt x judge: verdict on a completion"),
+    ArtifactContract("results/{model}/metrics/baseline.parquet", {"model": STR, **_METRIC_COLUMNS},
+                     "dataset x metric of the unedited model, with a Wilson interval"),
+    ArtifactContract("results/{model}/metrics/capability.parquet", _METRIC_COLUMNS,
+                     "method x metric on harmless prompts (CE, first-token KL)"),
+    ArtifactContract("results/{model}/metrics/induction.parquet",
+                     {**_METRIC_COLUMNS, "set_value": FLOAT, "n_features": FLOAT, "judge": STR},
+                     "method x set value: refusal rate induced on harmless prompts"),
+    ArtifactContract("results/{model}/metrics/jailbreak.parquet",
+                     {**_METRIC_COLUMNS, "n_features": FLOAT, "judge": STR, "note": STR},
+                     "method x dataset x judge: jailbreak rate"),
+    ArtifactContract("results/{model}/report/summary.parquet",
+                     {**_METRIC_COLUMNS, "n_features": FLOAT, "judge": STR, "note": STR},
+                     "every metric row of the model, one table"),
+)
+
+
+def _kind_of(dtype: pa.DataType) -> set[str]:
+    if pa.types.is_null(dtype):
+        return {NULLABLE_STR}
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return {STR, NULLABLE_STR}
+    if pa.types.is_boolean(dtype):
+        return {BOOL}
+    if pa.types.is_integer(dtype):
+        return {INT}
+    if pa.types.is_floating(dtype):
+        return {FLOAT}
+    if (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and pa.types.is_floating(dtype.value_type):
+        return {VECTOR}
+    return {str(dtype)}
+
+
+def contract_for(relative_path: str, contracts: Sequence[ArtifactContract] = CONTRACTS) -> ArtifactContract | None:
+    """The first contract whose pattern ``relative_path`` matches, or None."""
+    return next((c for c in contracts if c.matches(relative_path)), None)
+
+
+def check_file(path: Path, contract: ArtifactContract) -> list[str]:
+    """Problems of one file against its contract (missing / unexpected columns, wrong kinds)."""
+    schema = pq.read_schema(path)
+    actual = {field.name: field.type for field in schema}
+    problems = []
+    missing = sorted(set(contract.columns) - set(actual))
+    extra = sorted(set(actual) - set(contract.columns))
+    if missing:
+        problems.append(f"{path}: missing columns {missing}")
+    if extra:
+        problems.append(f"{path}: undocumented columns {extra}")
+    for name, kind in contract.columns.items():
+        if name in actual and kind not in _kind_of(actual[name]):
+            problems.append(f"{path}: column {name!r} is {actual[name]}, documented as {kind}")
+    return problems
+
+
+def check_artifacts(root: str | Path, contracts: Sequence[ArtifactContract] = CONTRACTS) -> list[str]:
+    """Problems of every Parquet artifact under ``root/results`` and ``root/resources/datasets``.
+
+    An empty list means the run conforms; a file no contract describes is a problem too.
+    """
+    root = Path(root)
+    files = sorted([*root.glob("results/**/*.parquet"), *root.glob("resources/datasets/*.parquet")])
+    if not files:
+        return [f"{root}: no Parquet artifacts under results/ or resources/datasets/"]
+    problems = []
+    for path in files:
+        relative = path.relative_to(root).as_posix()
+        contract = contract_for(relative, contracts)
+        if contract is None:
+            problems.append(f"{path}: no documented schema matches this artifact")
+            continue
+        problems.extend(check_file(path, contract))
+    return problems
+
+
+def markdown_table(contracts: Sequence[ArtifactContract] = CONTRACTS) -> str:
+    """The README's artifact table: pattern, one row is, columns with kinds."""
+    lines = ["| artifact | one row is | columns |", "|---|---|---|"]
+    for c in contracts:
+        columns = ", ".join(f"{name} ({kind})" for name, kind in c.columns.items())
+        lines.append(f"| `{c.pattern}` | {c.row} | {columns.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check a run root; print problems, or a one-line summary when there are none."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    root = Path(args[0]) if args else Path.cwd()
+    problems = check_artifacts(root)
+    for line in problems:
+        print(line)
+    if not problems:
+        n = len([*root.glob("results/**/*.parquet"), *root.glob("resources/datasets/*.parquet")])
+        print(f"{n} artifacts under {root}: every one matches its documented schema")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
