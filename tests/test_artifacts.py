@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from refusal_sae.artifacts import CONTRACTS, check_artifacts, contract_for, markdown_table
+from refusal_sae.attribution import ATTRIBUTION_COLUMNS, CANDIDATE_COLUMNS
+from refusal_sae.direction import DIRECTION_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +71,12 @@ def test_every_pattern_is_reachable():
 
 def test_the_readme_documents_exactly_these_contracts():
     assert markdown_table() in (ROOT / "README.md").read_text()
+
+
+def test_contracts_agree_with_the_columns_the_producers_declare():
+    def columns(pattern: str) -> set[str]:
+        return set(contract_for(pattern).columns)
+
+    assert columns("results/m/attribution/train.parquet") == set(ATTRIBUTION_COLUMNS)
+    assert columns("results/m/attribution/candidates.parquet") == set(CANDIDATE_COLUMNS)
+    assert columns("results/m/direction/candidates.parquet") == {*DIRECTION_COLUMNS, "kl_threshold_used"}

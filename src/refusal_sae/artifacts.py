@@ -28,6 +28,7 @@ _METRIC_COLUMNS = {"method": STR, "dataset": STR, "metric": STR, "value": FLOAT,
 _DIRECTION_COLUMNS = {"layer": INT, "position": INT, "vector": VECTOR, "ablation_score": FLOAT,
                       "steering_score": FLOAT, "kl": FLOAT, "filtered": BOOL, "reason": STR, "chosen": BOOL,
                       "kl_threshold_used": FLOAT}
+_JUDGED_METRIC_COLUMNS = {**_METRIC_COLUMNS, "n_features": FLOAT, "judge": STR, "note": STR}
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,9 @@ CONTRACTS: tuple[ArtifactContract, ...] = (
     ArtifactContract("results/{model}/metrics/induction.parquet",
                      {**_METRIC_COLUMNS, "set_value": FLOAT, "n_features": FLOAT, "judge": STR},
                      "method x set value: refusal rate induced on harmless prompts"),
-    ArtifactContract("results/{model}/metrics/jailbreak.parquet",
-                     {**_METRIC_COLUMNS, "n_features": FLOAT, "judge": STR, "note": STR},
+    ArtifactContract("results/{model}/metrics/jailbreak.parquet", _JUDGED_METRIC_COLUMNS,
                      "method x dataset x judge: jailbreak rate"),
-    ArtifactContract("results/{model}/report/summary.parquet",
-                     {**_METRIC_COLUMNS, "n_features": FLOAT, "judge": STR, "note": STR},
+    ArtifactContract("results/{model}/report/summary.parquet", _JUDGED_METRIC_COLUMNS,
                      "every metric row of the model, one table"),
 )
 
@@ -158,13 +157,18 @@ def check_file(path: Path, contract: ArtifactContract) -> list[str]:
     return problems
 
 
+def artifact_files(root: Path) -> list[Path]:
+    """Every Parquet file a run under ``root`` holds: ``results/**`` and ``resources/datasets/``."""
+    return sorted([*root.glob("results/**/*.parquet"), *root.glob("resources/datasets/*.parquet")])
+
+
 def check_artifacts(root: str | Path, contracts: Sequence[ArtifactContract] = CONTRACTS) -> list[str]:
     """Problems of every Parquet artifact under ``root/results`` and ``root/resources/datasets``.
 
     An empty list means the run conforms; a file no contract describes is a problem too.
     """
     root = Path(root)
-    files = sorted([*root.glob("results/**/*.parquet"), *root.glob("resources/datasets/*.parquet")])
+    files = artifact_files(root)
     if not files:
         return [f"{root}: no Parquet artifacts under results/ or resources/datasets/"]
     problems = []
@@ -195,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in problems:
         print(line)
     if not problems:
-        n = len([*root.glob("results/**/*.parquet"), *root.glob("resources/datasets/*.parquet")])
-        print(f"{n} artifacts under {root}: every one matches its documented schema")
+        print(f"{len(artifact_files(root))} artifacts under {root}: every one matches its documented schema")
     return 1 if problems else 0
 
 
