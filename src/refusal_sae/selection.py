@@ -176,7 +176,7 @@ def feature_set_to_edit_inputs(
     row_active = {layer: torch.zeros(len(keys), len(index), dtype=torch.bool) for layer, index in features.items()}
     for (scope, layer), group in set_df.assign(scope=scopes).groupby(["scope", "layer"]):
         index = features[int(layer)]
-        cols = torch.searchsorted(index, torch.as_tensor(group["feature"].astype(int).to_numpy(), dtype=torch.long))
+        cols = torch.searchsorted(index, torch.tensor(group["feature"].astype(int).to_numpy(), dtype=torch.long))
         if scope == GLOBAL:
             row_active[int(layer)][:, cols] = True
         elif scope in row_of:
