@@ -163,3 +163,34 @@ def test_la_ig_runs_on_a_nonlinear_model_and_rejects_non_affine_saes(tiny_chat, 
     normed = StandardSAE(StandardSAEConfig(d_in=tiny_chat.facts.d_model, d_sae=8, normalize_activations="layer_norm"))
     with pytest.raises(ValueError, match="affine"):
         la_ig(tiny_chat, {1: normed}, PROMPTS[:1], [0], direction, pd.DataFrame({"layer": [1], "feature": [0]}))
+
+
+def _saved_bytes_during(fn) -> tuple[int, int]:
+    """Total and largest bytes autograd saves for backward while ``fn`` runs."""
+    sizes: list[int] = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(sizes), max(sizes)
+
+
+def test_la_ig_backward_memory_does_not_grow_with_sae_width(tiny_chat):
+    """The IG backward is the plain model's: nothing of size ``d_sae`` is saved, at any SAE width."""
+    d = tiny_chat.facts.d_model
+    direction = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    layers = range(tiny_chat.facts.n_layers)
+    measured = {}
+    for d_sae in (2 * d, 256 * d):
+        saes = {layer: make_tiny_sae(d, d_sae, seed=layer, k=4) for layer in layers}
+        candidates = cosine_candidates(saes, direction, k0=3)
+        measured[d_sae] = _saved_bytes_during(lambda saes=saes, candidates=candidates: la_ig(
+            tiny_chat, saes, PROMPTS, IDS, direction, candidates, n_steps=2, batch_size=3))
+    narrow, wide = measured[2 * d], measured[256 * d]
+    assert narrow == wide
+    # A dense splice would save at least one [B, T, d_sae] latent tensor per layer and step.
+    n_tokens = tiny_chat.tokenize(PROMPTS)["input_ids"].numel()
+    assert wide[1] < n_tokens * 256 * d * 4
