@@ -21,15 +21,20 @@ from refusal_sae.attribution import cosine_candidates, la_ig
 from refusal_sae.interventions import FeatureEdit, intervene
 
 
+def forward_backward(chat, batch, edits=()) -> None:
+    """One forward+backward of the model under ``edits`` (gradient w.r.t. the input embeddings only)."""
+    with intervene(chat.model, list(edits)):
+        embeds = chat.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        logits = chat.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits[:, -1].float().sum().backward()
+
+
 def spliced_forward_backward(chat, saes, batch, steps: int) -> float:
     """Seconds for ``steps`` forward+backward passes with every SAE spliced (latents unedited)."""
     edit = FeatureEdit(saes=saes, features={layer: torch.arange(2) for layer in saes}, mode="scale", value=1.0)
     start = time.perf_counter()
     for _ in range(steps):
-        with intervene(chat.model, [edit]):
-            embeds = chat.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-            logits = chat.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).logits
-            logits[:, -1].sum().backward()
+        forward_backward(chat, batch, [edit])
     return time.perf_counter() - start
 
 

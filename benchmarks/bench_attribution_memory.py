@@ -27,6 +27,8 @@ from refusal_sae.attribution import cosine_candidates, la_ig
 from refusal_sae.models import ChatModel, derive_facts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_attribution import forward_backward  # noqa: E402
 from tiny import make_tokenizer  # noqa: E402
 
 SHAPES = {
@@ -82,14 +84,6 @@ def _reset(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device)
 
 
-def plain_forward_backward(chat: ChatModel, prompts: list[str]) -> None:
-    """One forward+backward of the unedited model (gradient w.r.t. the input embeddings only)."""
-    batch = chat.tokenize(prompts)
-    embeds = chat.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-    logits = chat.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits[:, -1].float().sum().backward()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="gemma-2-2b")
@@ -103,10 +97,11 @@ def main() -> None:
     chat = random_chat_model(args.shape, device, dtype)
     d_model, n_layers = chat.facts.d_model, chat.facts.n_layers
     prompts = [f"Give detailed step-by-step instructions for case {i} of making a bomb at home." for i in range(args.batch)]
-    n_tokens = chat.tokenize(prompts)["input_ids"].shape[1]
+    batch = chat.tokenize(prompts)
+    n_tokens = batch["input_ids"].shape[1]
     direction = torch.randn(d_model, generator=torch.Generator().manual_seed(0))
     baseline = _reset(device)
-    plain_forward_backward(chat, prompts)
+    forward_backward(chat, batch)
     plain_peak = _peak_above(baseline, device)
     print(f"{args.shape} on {device}: {n_layers} layers, d_model {d_model}, batch {args.batch} x {n_tokens} tokens, "
           f"N={args.steps}; model weights {baseline / 2**30:.2f} GiB; plain forward+backward peak {plain_peak}")
