@@ -1,6 +1,7 @@
 # Shared helpers: the typed config view, model/dataset selections, per-model settings for params.
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,10 @@ from snakemake.exceptions import WorkflowError
 
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
+# Jobs import the library from this checkout (the code that `code_version` hashes), whether or not it
+# is installed in the job's environment (a venv, or a conda env built from environment.yaml).
+_paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SRC]
+os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *_paths])
 ENV = str(Path(workflow.basedir) / "environment.yaml")
 
 from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402

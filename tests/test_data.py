@@ -102,6 +102,14 @@ def test_split_fractions_give_exact_counts_deterministically(tmp_path: Path) -> 
     assert other["prompt"].tolist() == first["prompt"].tolist()
 
 
+def test_split_assignment_does_not_depend_on_the_order_of_the_splits_keys(tmp_path: Path) -> None:
+    path = write_rows(tmp_path, "csv", numbered(20))
+    listed = build_dataset("twenty", local_cfg(path, "csv", splits={"train": 0.5, "val": 0.2, "test": 0.3}), 0, tmp_path)
+    # A YAML dump (e.g. a --configfile written by a script) sorts the keys.
+    dumped = build_dataset("twenty", local_cfg(path, "csv", splits={"test": 0.3, "train": 0.5, "val": 0.2}), 0, tmp_path)
+    pd.testing.assert_frame_equal(listed, dumped)
+
+
 @pytest.mark.parametrize(("n", "fractions", "expected"), [
     (10, {"train": 0.5, "val": 0.2, "test": 0.3}, {"train": 5, "val": 2, "test": 3}),
     (7, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 5, "val": 1, "test": 1}),  # 5.6/0.7/0.7

@@ -10,17 +10,20 @@ import pytest
 import torch
 from tiny import make_tiny_chat_model, make_tiny_sae
 from torch import Tensor, nn
+from transformers import DynamicCache
 
 from refusal_sae.interventions import (
     ActivationAddition,
     DirectionAblation,
     FeatureEdit,
+    GenerationStateError,
     PositionMask,
     Recorder,
     SAEReconstruction,
     StraightThroughTarget,
     StreamState,
     ZeroAblation,
+    call_offset,
     decoder_layers,
     intervene,
     run_until,
@@ -185,7 +188,10 @@ def test_ablation_leaves_no_projection_at_any_layer(planted: tuple[ChatModel, Te
 # --- position masks during generation with a KV cache --------------------------------------------
 
 
-def test_position_masks_and_stream_state_during_cached_generation(tiny_chat: ChatModel) -> None:
+@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[2:]], ids=["padded", "unpadded"])
+def test_position_masks_and_stream_state_during_cached_generation(tiny_chat: ChatModel, prompts: list[str]) -> None:
+    """Offsets come from each call's inputs: the growing 2-D mask of a padded batch, the position ids of
+    an unpadded one (transformers then passes no mask)."""
     d, n_new = tiny_chat.facts.d_model, 4
     specs = {0: PositionMask("all"), 1: PositionMask("prompt"), 2: PositionMask("bos"), 3: PositionMask("from", 3)}
     edits: list = []
@@ -196,10 +202,10 @@ def test_position_masks_and_stream_state_during_cached_generation(tiny_chat: Cha
     probe = StateProbe([0])
     edits.append(probe)
 
-    batch = tiny_chat.tokenize(PROMPTS)
+    batch = tiny_chat.tokenize(prompts)
     width = batch["input_ids"].shape[1]
     pads = (batch["attention_mask"] == 0).sum(-1)
-    assert len(set(pads.tolist())) == len(PROMPTS)  # different prompt lengths
+    assert len(set(pads.tolist())) == len(prompts)  # different prompt lengths (or one prompt)
     with torch.no_grad(), intervene(tiny_chat.model, edits):
         tiny_chat.model.generate(
             **batch, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
@@ -213,7 +219,7 @@ def test_position_masks_and_stream_state_during_cached_generation(tiny_chat: Cha
         assert prompt_length == width
         assert pad_lengths is not None and torch.equal(pad_lengths.cpu(), pads.cpu())
 
-    position = torch.arange(width + n_new - 1).expand(len(PROMPTS), -1)
+    position = torch.arange(width + n_new - 1).expand(len(prompts), -1)
     pad = pads.view(-1, 1)
     expected = {
         0: torch.ones_like(position, dtype=torch.bool),
@@ -228,6 +234,17 @@ def test_position_masks_and_stream_state_during_cached_generation(tiny_chat: Cha
             dim=1,
         )
         assert torch.equal(touched, expected[layer]), specs[layer]
+
+
+def test_a_cached_call_whose_positions_are_unknown_is_an_error() -> None:
+    cache = DynamicCache()
+    assert call_offset(1, torch.ones(2, 7), None, [cache]) == 6  # the mask covers past + new tokens
+    assert call_offset(1, None, torch.tensor([[9], [9]]), [cache]) == 9  # unpadded: position ids
+    assert call_offset(5, None, None, []) == 0  # a plain forward starts at 0
+    with pytest.raises(GenerationStateError, match="neither a 2-D attention_mask nor position_ids"):
+        call_offset(1, None, None, [cache])
+    with pytest.raises(GenerationStateError, match="covers 3 positions"):
+        call_offset(4, torch.ones(1, 3), None, [cache])
 
 
 @pytest.mark.parametrize("kind", ["reconstruction", "zero"])

@@ -225,6 +225,20 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     return counts
 
 
+SPLIT_ORDER = ("train", "val", "test")
+"""The order splits are assigned in, whatever the order of the configured mapping."""
+
+
+def canonical_splits(fractions: dict[str, float]) -> dict[str, float]:
+    """``fractions`` in a fixed order: ``train, val, test``, then any other names sorted.
+
+    The seeded permutation hands rows out split after split, so without a fixed order the same
+    config written with its keys in another order (a YAML dump sorts them) would assign other rows.
+    """
+    known = [name for name in SPLIT_ORDER if name in fractions]
+    return {name: fractions[name] for name in known + sorted(set(fractions) - set(known))}
+
+
 def _rng(name: str, seed: int, purpose: str) -> np.random.Generator:
     # The dataset name and purpose are mixed in (stable crc32, not Python's salted hash) so two
     # datasets of equal size, or the limit and the split of one dataset, do not share a permutation.
@@ -238,7 +252,8 @@ def build_dataset(name: str, cfg: DatasetConfig, seed: int, cache_dir: Path) -> 
     and drop empty ones; drop duplicate prompts (first kept); number the remaining rows
     ``f"{name}-{i:04d}"`` in file order; with ``cfg.limit``, keep a seeded subset of that many rows
     (file order and ids preserved); assign splits by a seeded permutation with
-    :func:`split_counts` rows per split. The result depends only on the file, ``cfg`` and ``seed``.
+    :func:`split_counts` rows per split, taken in :func:`canonical_splits` order. The result depends
+    only on the file, ``cfg`` and ``seed`` (not on the order of the ``splits`` keys).
 
     Raises :class:`DatasetError` (one line, naming the dataset) for a missing prompt, category or
     filter column, bad split fractions, or when no rows are left.
@@ -282,7 +297,7 @@ def build_dataset(name: str, cfg: DatasetConfig, seed: int, cache_dir: Path) -> 
     n = len(table)
 
     try:
-        counts = split_counts(n, cfg.splits)
+        counts = split_counts(n, canonical_splits(cfg.splits))
     except ValueError as exc:
         raise DatasetError(f"dataset {name}: {exc}") from exc
     labels = np.concatenate([np.full(c, split, dtype=object) for split, c in counts.items()])

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
+from transformers import Cache
 
 PositionKind = Literal["all", "prompt", "bos", "from"]
 
@@ -325,6 +326,46 @@ def embedding_module(model: nn.Module) -> nn.Module:
     return model.get_input_embeddings()
 
 
+class GenerationStateError(RuntimeError):
+    """The positions a cached forward call covers cannot be told from its inputs."""
+
+
+def call_offset(
+    length: int, attention_mask: object, position_ids: object, inputs: Iterable[object]
+) -> int:
+    """Index of the first position of a forward call over ``length`` new tokens, in padded coordinates.
+
+    Read from what the model is given, never from a cache object's state. During cached generation
+    transformers passes either the 2-D attention mask of the whole sequence so far (past + new
+    tokens), so the call starts at ``mask.shape[1] - length``, or, when no row is padded, no mask and
+    the position ids, which then equal padded positions. A call with neither starts at 0 when no KV
+    cache is among its inputs (a plain forward); otherwise the offset cannot be known, and
+    :class:`GenerationStateError` is raised rather than guessing 0.
+    """
+    if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2:
+        total = int(attention_mask.shape[1])
+        if total < length:
+            raise GenerationStateError(
+                f"attention_mask covers {total} positions but the call has {length} new tokens: "
+                "position masks need the 2-D mask of the whole sequence"
+            )
+        return total - length
+    if attention_mask is None and isinstance(position_ids, Tensor) and position_ids.numel():
+        # No mask means no padding, so a row's position ids are its padded positions.
+        first = position_ids.reshape(-1, position_ids.shape[-1])[:, 0]
+        if not bool((first == first[0]).all()):
+            raise GenerationStateError(
+                "rows of an unpadded batch start at different position ids: cannot tell the call's positions"
+            )
+        return int(first[0])
+    if any(isinstance(value, Cache) for value in inputs):
+        raise GenerationStateError(
+            "a cached forward call with neither a 2-D attention_mask nor position_ids: the positions it "
+            "covers are unknown, so position masks (prompt / bos / from) cannot be applied"
+        )
+    return 0
+
+
 @contextlib.contextmanager
 def intervene(
     model: nn.Module,
@@ -343,16 +384,17 @@ def intervene(
 
     def track(module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        length = (ids if ids is not None else embeds).shape[1]
-        cache = kwargs.get("past_key_values")
-        seen = cache.get_seq_length() if cache is not None else 0
-        state.offset = int(seen)
-        if seen == 0:
-            state.prompt_length = int(length)
-            mask = kwargs.get("attention_mask")
-            if mask is not None and mask.dim() == 2:
+        tokens = ids if ids is not None else kwargs.get("inputs_embeds")
+        batch, length = int(tokens.shape[0]), int(tokens.shape[1])
+        mask = kwargs.get("attention_mask")
+        offset = call_offset(length, mask, kwargs.get("position_ids"), kwargs.values())
+        state.offset = offset
+        if offset == 0:
+            state.prompt_length = length
+            if isinstance(mask, Tensor) and mask.dim() == 2:
                 state.pad_lengths = (mask.cumsum(-1) == 0).sum(-1)
+            elif mask is None:  # no mask: no row is padded
+                state.pad_lengths = torch.zeros(batch, dtype=torch.long, device=tokens.device)
             else:
                 state.pad_lengths = None
 
