@@ -6,10 +6,8 @@ rule baseline:
         "results/{model}/baseline/{dataset}.parquet",
     params:
         code=code_version("models", "generation", "scoring", "judges", "interventions", "pipeline"),
-        settings=model_settings(*MODEL_KEYS),
-        stage=stage_settings("baseline"),
-        evaluation=stage_settings("evaluation"),
-    threads: workflow.cores
+        settings=settings(*LOAD_KEYS, "baseline", *EVAL_ROWS_KEYS),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -31,6 +29,8 @@ rule baseline_metrics:
         ENV
     log:
         "logs/{model}/metrics/baseline.log",
+    benchmark:
+        "benchmarks/out/{model}/baseline_metrics.tsv"
     script:
         "../workflow_scripts/baseline_metrics.py"
 
@@ -46,5 +46,7 @@ rule baseline_report:
         ENV
     log:
         "logs/report/baseline.log",
+    benchmark:
+        "benchmarks/out/report/baseline_report.tsv"
     script:
         "../workflow_scripts/baseline_report.py"

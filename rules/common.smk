@@ -1,7 +1,10 @@
-# Shared helpers: the typed config view, model/dataset selections, per-model settings for params.
+# Shared helpers: the typed config view, model/dataset selections, and the inputs and params of each
+# job: what it reads and nothing else, so a change reruns exactly the jobs that read it.
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +19,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *_paths])
 ENV = str(Path(workflow.basedir) / "environment.yaml")
 
 from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
-from refusal_sae.methods import ALL_METHODS, FEATURE_SET_METHODS  # noqa: E402
+from refusal_sae.methods import (  # noqa: E402
+    ALL_METHODS,
+    FEATURE_SET_METHODS,
+    GLOBAL_SET_METHODS,
+    PER_PROMPT_METHODS,
+)
 from refusal_sae.runtime import source_fingerprint  # noqa: E402
 
 try:
@@ -28,8 +36,15 @@ SELECTED = CFG.selected_models()
 ORGANISMS = [m for m, c in CFG.models.items() if c.source.type == "organism"]
 PLAIN_MODELS = [m for m in CFG.models if m not in ORGANISMS]
 ANALYZED = [m for m in SELECTED if CFG.models[m].analyze]
-EVAL_DATASETS = list(CFG.evaluation.datasets) + [CFG.evaluation.harmless_dataset]
+HARMLESS = CFG.evaluation.harmless_dataset
+EVAL_DATASETS = list(CFG.evaluation.datasets) + [HARMLESS]
 LIBDIR = Path(workflow.basedir) / "src" / "refusal_sae"
+# Threads per job. After the organism the DAG always has at least two independent jobs ready, and two
+# one-thread jobs keep two cores busier than one two-thread job (whose second thread idles in the
+# Python, tokenizer and generation-loop parts), so jobs get half the cores. The organism fine-tune
+# is the one long job with nothing beside it: it gets them all.
+JOB_THREADS = max(1, workflow.cores // 2)
+SERIAL_THREADS = workflow.cores
 
 
 def code_version(*modules):
@@ -41,42 +56,46 @@ def code_version(*modules):
 
 
 def _alternatives(names):
-    return "|".join(sorted(names)) if names else "(?!x)x"
+    return "|".join(re.escape(n) for n in sorted(names)) if names else "(?!x)x"
 
 
-def model_settings(*keys):
-    """Params holding only the named keys of the model's block: a change reruns just the jobs that use them."""
-
-    def settings(wildcards):
-        block = config["models"][wildcards.model]
-        return json.dumps({k: block.get(k) for k in keys}, sort_keys=True, default=str)
-
-    return settings
-
-
-MODEL_KEYS = ("source", "dtype", "refusal_tokens")
-SAE_KEYS = ("saes",)
-DISCOVERY_KEYS = MODEL_KEYS + ("saes", "direction_layer", "direction_position")
+def _config_value(path, wildcards):
+    """The typed config value at a dotted ``path``; ``{model}`` / ``{dataset}`` name the job's wildcards."""
+    node = CFG
+    for part in path.split("."):
+        part = part.format(**dict(wildcards.items()))
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
 
 
-def corpus_settings(wildcards):
-    """The SAE corpus depends on the model and the corpus fields of ``saes``, not on how SAEs are trained."""
-    block = config["models"][wildcards.model]
-    saes = block.get("saes", {})
-    corpus = {k: saes.get(k) for k in ("corpus_max_prompts", "corpus_new_tokens")}
-    return json.dumps({**{k: block.get(k) for k in MODEL_KEYS}, "corpus": corpus}, sort_keys=True, default=str)
+def settings(*keys):
+    """A param holding exactly the config values a job reads (dotted paths into the typed config,
+    defaults included), so that changing any other value reruns nothing.
+
+    A key may be a callable of the wildcards returning more keys (settings that only some jobs of a
+    rule read, e.g. the clamp scale of feature-set methods).
+    """
+
+    def params(wildcards):
+        paths = []
+        for key in keys:
+            paths += key(wildcards) if callable(key) else [key]
+        return json.dumps({k: _config_value(k, wildcards) for k in paths}, sort_keys=True, default=str)
+
+    return params
 
 
-def stage_settings(stage):
-    return lambda wildcards: json.dumps(config.get(stage, {}), sort_keys=True, default=str)
+def datasets_with(*splits):
+    """Configured datasets with a non-zero fraction in any of ``splits`` (what fitting stages read)."""
+    return [name for name, d in CFG.datasets.items() if any(d.splits.get(s, 0) > 0 for s in splits)]
+
+
+def dataset_files(names):
+    return [f"resources/datasets/{d}.parquet" for d in names]
 
 
 def manifest(model):
     return f"resources/models/{model}/manifest.json"
-
-
-def all_dataset_files():
-    return [f"resources/datasets/{d}.parquet" for d in CFG.datasets]
 
 
 def sae_layers(model):
@@ -84,6 +103,13 @@ def sae_layers(model):
     if layers == "all":
         raise WorkflowError(f"models.{model}.saes.layers: list the layers explicitly for the workflow")
     return list(layers)
+
+
+def features_file(model, method, dataset=None):
+    """A feature set: one file per global method, one per evaluation dataset for per-prompt methods."""
+    if method in PER_PROMPT_METHODS:
+        return f"results/{model}/features/{dataset}/{method}.parquet"
+    return f"results/{model}/features/{method}.parquet"
 
 
 def all_targets():
@@ -95,13 +121,24 @@ def all_targets():
             targets.append(f"results/{m}/saes/quality.parquet")
         targets.append(f"resources/saes/{m}/saes.json")
         targets.append(f"results/{m}/attribution/faithfulness.parquet")
-        targets += [f"results/{m}/features/{method}.parquet" for method in FEATURE_SET_METHODS]
+        targets += [features_file(m, method) for method in GLOBAL_SET_METHODS]
+        targets += [features_file(m, method, d) for method in PER_PROMPT_METHODS for d in CFG.evaluation.datasets]
         targets.append(f"results/{m}/report/summary.md")
     return targets
 
 
 def trained_layer_files(model):
     return [f"resources/saes/{model}/layer_{layer}/cfg.json" for layer in sae_layers(model)]
+
+
+def dataset_source_file(w):
+    """The file a local or packaged dataset is read from, so that editing it rebuilds the dataset."""
+    source = CFG.datasets[w.dataset].source
+    if source.type == "local":
+        return [source.path]
+    if source.type == "package":
+        return [str(LIBDIR / "resources" / source.member)]
+    return []
 
 
 def discovery_inputs(w):
@@ -118,5 +155,10 @@ def method_inputs(w):
         inputs["direction"] = f"results/{w.model}/direction/direction.parquet"
     if w.method in FEATURE_SET_METHODS:
         inputs["saes"] = f"resources/saes/{w.model}/saes.json"
-        inputs["features"] = f"results/{w.model}/features/{w.method}.parquet"
+        inputs["features"] = features_file(w.model, w.method, w.dataset)
     return inputs
+
+
+# Config values per consumer. Model keys are read from the job's own model block only.
+LOAD_KEYS = ("models.{model}.source", "models.{model}.dtype", "models.{model}.refusal_tokens")
+EVAL_ROWS_KEYS = ("evaluation.max_prompts", "seed")  # pipeline.evaluation_rows

@@ -1,19 +1,36 @@
 # Study A discovery (METHOD.md sections 2-5): direction, candidates, LA-IG, feature sets.
 ATTRIBUTION_SETS = ["train"] + list(CFG.evaluation.datasets)
+# In-sample fitting pools the evaluation prompts themselves, so then it reads those datasets too.
+IN_SAMPLE_KEYS = ("evaluation.datasets", *EVAL_ROWS_KEYS) if CFG.evaluation.in_sample else ()
+FIT_DATASETS = datasets_with("train", "val") + (list(CFG.evaluation.datasets) if CFG.evaluation.in_sample else [])
+LA_IG_KEYS = ("attribution.n_steps", "attribution.target_token", "attribution.batch_size")
+
+
+def attribution_inputs(w):
+    inputs = {**discovery_inputs(w), "candidates": f"results/{w.model}/attribution/candidates.parquet"}
+    if w.attr_set == "train":
+        inputs["prompts"] = f"results/{w.model}/direction/prompts.parquet"
+    else:
+        inputs["dataset"] = f"resources/datasets/{w.attr_set}.parquet"
+    return inputs
+
+
+def attribution_keys(w):
+    """The training set is capped by attribution.max_prompts, an evaluation set by its evaluation rows."""
+    return ["attribution.max_prompts"] if w.attr_set == "train" else list(EVAL_ROWS_KEYS)
 
 
 rule direction_prompts:
     input:
         model=lambda w: manifest(w.model),
-        datasets=all_dataset_files(),
+        datasets=dataset_files(dict.fromkeys(FIT_DATASETS)),
     output:
         "results/{model}/direction/prompts.parquet",
     params:
-        code=code_version("scoring", "pipeline", "interventions"),
-        settings=model_settings(*DISCOVERY_KEYS),
-        stage=stage_settings("direction"),
-        evaluation=stage_settings("evaluation"),
-    threads: workflow.cores
+        code=code_version("scoring", "pipeline", "interventions", "data"),
+        settings=settings(*LOAD_KEYS, "direction.max_train", "direction.max_val", "direction.batch_size",
+                          "evaluation.in_sample", *IN_SAMPLE_KEYS, "seed"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -34,9 +51,10 @@ rule direction:
         means="results/{model}/activations/train_means.parquet",
     params:
         code=code_version("direction", "scoring", "interventions"),
-        settings=model_settings(*DISCOVERY_KEYS),
-        stage=stage_settings("direction"),
-    threads: workflow.cores
+        settings=settings(*LOAD_KEYS, "models.{model}.direction_layer", "models.{model}.direction_position",
+                          *(f"direction.{k}" for k in ("positions", "batch_size", "kl_threshold",
+                            "exclude_last_fraction", "when_all_filtered", "relax_min_candidates"))),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -54,30 +72,28 @@ rule cosine_candidates:
         "results/{model}/attribution/candidates.parquet",
     params:
         code=code_version("attribution", "pipeline", "saes"),
-        stage=stage_settings("attribution"),
+        settings=settings("attribution.k0"),
     conda:
         ENV
     log:
         "logs/{model}/attribution/candidates.log",
+    benchmark:
+        "benchmarks/out/{model}/cosine_candidates.tsv"
     script:
         "../workflow_scripts/cosine_candidates.py"
 
 
 rule attribution:
     input:
-        unpack(discovery_inputs),
-        candidates="results/{model}/attribution/candidates.parquet",
-        prompts="results/{model}/direction/prompts.parquet",
-        datasets=all_dataset_files(),
+        unpack(attribution_inputs),
     output:
         "results/{model}/attribution/{attr_set}.parquet",
     wildcard_constraints:
         attr_set=_alternatives(ATTRIBUTION_SETS),
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        stage=stage_settings("attribution"),
-        evaluation=stage_settings("evaluation"),
-    threads: workflow.cores
+        settings=settings(*LA_IG_KEYS, attribution_keys),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -97,9 +113,8 @@ rule ap_attribution:
         global_="results/{model}/attribution/ap_global.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        stage=stage_settings("attribution"),
-        selection=stage_settings("selection"),
-    threads: workflow.cores
+        settings=settings(*LA_IG_KEYS, "attribution.max_prompts", "selection.k_star"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -120,8 +135,8 @@ rule faithfulness:
         "results/{model}/attribution/faithfulness.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        stage=stage_settings("attribution"),
-    threads: workflow.cores
+        settings=settings("attribution.faithfulness_prompts", "attribution.target_token", "attribution.batch_size"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -137,14 +152,13 @@ rule feature_sets:
         unpack(discovery_inputs),
         prompts="results/{model}/direction/prompts.parquet",
         train="results/{model}/attribution/train.parquet",
-        evaluation=lambda w: [f"results/{w.model}/attribution/{d}.parquet" for d in CFG.evaluation.datasets],
         ap="results/{model}/attribution/ap_global.parquet",
     output:
-        expand("results/{{model}}/features/{method}.parquet", method=FEATURE_SET_METHODS),
+        [features_file("{model}", method) for method in GLOBAL_SET_METHODS],
     params:
         code=code_version("selection", "attribution", "pipeline", "saes"),
-        selection=stage_settings("selection"),
-    threads: workflow.cores
+        settings=settings("selection.k_star", "seed"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -153,3 +167,23 @@ rule feature_sets:
         "benchmarks/out/{model}/feature_sets.tsv"
     script:
         "../workflow_scripts/feature_sets.py"
+
+
+rule prompt_feature_set:
+    input:
+        attribution="results/{model}/attribution/{dataset}.parquet",
+    output:
+        "results/{model}/features/{dataset}/{method}.parquet",
+    wildcard_constraints:
+        method=_alternatives(PER_PROMPT_METHODS),
+    params:
+        code=code_version("selection"),
+        settings=settings("selection.k_star"),
+    conda:
+        ENV
+    log:
+        "logs/{model}/features/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/out/{model}/prompt_feature_set_{dataset}_{method}.tsv"
+    script:
+        "../workflow_scripts/prompt_feature_set.py"

@@ -1,11 +1,10 @@
 # Interventions during generation and the evaluation tables (METHOD.md sections 6-7).
-HARMLESS = CFG.evaluation.harmless_dataset
+GENERATION_KEYS = (*LOAD_KEYS, "evaluation.max_new_tokens", "evaluation.batch_size", *EVAL_ROWS_KEYS)
 
 
-EVALUATION_PARAMS = dict(
-    settings=model_settings(*MODEL_KEYS, "clamp_scale", "induction_values"),
-    evaluation=stage_settings("evaluation"),
-)
+def clamp_keys(w):
+    """Only feature-set methods read the clamp scale."""
+    return ["models.{model}.clamp_scale"] if w.method in FEATURE_SET_METHODS else []
 
 
 rule generate:
@@ -17,8 +16,8 @@ rule generate:
         method=_alternatives(ALL_METHODS),
     params:
         code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
-        **EVALUATION_PARAMS,
-    threads: workflow.cores
+        settings=settings(*GENERATION_KEYS, clamp_keys),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -39,12 +38,14 @@ rule judge:
         method=_alternatives(ALL_METHODS),
     params:
         code=code_version("judges"),
-        evaluation=stage_settings("evaluation"),
-    threads: workflow.cores
+        settings=settings("evaluation.model_judges"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
         "logs/{model}/judgments/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/out/{model}/judge_{dataset}_{method}.tsv"
     script:
         "../workflow_scripts/judge.py"
 
@@ -58,11 +59,11 @@ rule induction:
     output:
         f"results/{{model}}/generations/{HARMLESS}/induction_{{method}}.parquet",
     wildcard_constraints:
-        method=_alternatives(FEATURE_SET_METHODS),
+        method=_alternatives(GLOBAL_SET_METHODS),
     params:
         code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
-        **EVALUATION_PARAMS,
-    threads: workflow.cores
+        settings=settings(*GENERATION_KEYS, "models.{model}.induction_values"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -80,13 +81,13 @@ rule capability:
         responses=f"results/{{model}}/generations/{HARMLESS}/base.parquet",
         saes="resources/saes/{model}/saes.json",
         direction="results/{model}/direction/direction.parquet",
-        features=expand("results/{{model}}/features/{method}.parquet", method=[m for m in FEATURE_SET_METHODS if m != "ours_prompt"]),
+        features=[features_file("{model}", method) for method in GLOBAL_SET_METHODS],
     output:
         "results/{model}/metrics/capability.parquet",
     params:
         code=code_version("metrics", "methods", "interventions", "selection", "scoring", "pipeline"),
-        **EVALUATION_PARAMS,
-    threads: workflow.cores
+        settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "evaluation.batch_size"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -108,7 +109,8 @@ rule evaluation_metrics:
         induction=lambda w: [
             f"results/{w.model}/generations/{HARMLESS}/induction_{m}.parquet" for m in CFG.evaluation.induction_methods
         ],
-        features=lambda w: [f"results/{w.model}/features/{m}.parquet" for m in FEATURE_SET_METHODS],
+        features=lambda w: [features_file(w.model, m) for m in GLOBAL_SET_METHODS]
+        + [features_file(w.model, m, d) for m in PER_PROMPT_METHODS for d in CFG.evaluation.datasets],
     output:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
         induction="results/{model}/metrics/induction.parquet",
@@ -118,6 +120,8 @@ rule evaluation_metrics:
         ENV
     log:
         "logs/{model}/metrics/evaluation.log",
+    benchmark:
+        "benchmarks/out/{model}/evaluation_metrics.tsv"
     script:
         "../workflow_scripts/evaluation_metrics.py"
 
@@ -140,5 +144,7 @@ rule summary:
         ENV
     log:
         "logs/{model}/report/summary.log",
+    benchmark:
+        "benchmarks/out/{model}/summary.tsv"
     script:
         "../workflow_scripts/summary.py"

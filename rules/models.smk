@@ -3,7 +3,7 @@ rule prepare_model:
         "resources/models/{model}/manifest.json",
     params:
         code=code_version("models", "assets"),
-        settings=model_settings(*MODEL_KEYS),
+        settings=settings("models.{model}.source", "models.{model}.dtype"),
     wildcard_constraints:
         model=_alternatives(PLAIN_MODELS),
     conda:
@@ -19,18 +19,18 @@ rule prepare_model:
 rule organism:
     input:
         base=lambda w: manifest(CFG.models[w.model].source.base),
-        datasets=all_dataset_files(),
+        datasets=dataset_files(datasets_with("train")),
     output:
         manifest="resources/models/{model}/manifest.json",
         training="results/{model}/organism/training.parquet",
     params:
         code=code_version("organism", "models", "generation", "data"),
-        settings=model_settings(*MODEL_KEYS, "organism"),
+        settings=settings("models.{model}.source", "models.{model}.dtype", "models.{model}.organism", "seed"),
     wildcard_constraints:
         model=_alternatives(ORGANISMS),
     resources:
         gpu=lambda w: 1 if CFG.models[w.model].gpu else 0,
-    threads: workflow.cores
+    threads: SERIAL_THREADS
     conda:
         ENV
     log:

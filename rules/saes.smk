@@ -1,13 +1,19 @@
+SAE_TRAINING_KEYS = ("architecture", "width_multiplier", "k", "training_tokens", "batch_size", "lr",
+                     "hook_name_template")
+SAE_SOURCE_KEYS = ("type", "layers", "release", "id_template", "path_template", "hook_name_template", "dtype")
+
+
 rule sae_corpus:
     input:
         model=lambda w: manifest(w.model),
-        datasets=all_dataset_files(),
+        datasets=dataset_files(datasets_with("train", "val")),
     output:
         "results/{model}/saes/corpus.parquet",
     params:
         code=code_version("models", "generation", "data"),
-        settings=corpus_settings,
-    threads: workflow.cores
+        settings=settings(*(f"models.{{model}}.saes.{k}" for k in ("corpus_max_prompts", "corpus_new_tokens",
+                            "corpus_batch_size")), "seed"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -26,8 +32,8 @@ rule sae_activations:
         temp("resources/saes/{model}/cache/activations.pt"),
     params:
         code=code_version("sae_training", "saes", "interventions"),
-        settings=model_settings(*SAE_KEYS),
-    threads: workflow.cores
+        settings=settings(*(f"models.{{model}}.saes.{k}" for k in ("layers", "max_length", "forward_batch_size"))),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -45,8 +51,8 @@ rule train_sae:
         "resources/saes/{model}/layer_{layer}/cfg.json",
     params:
         code=code_version("sae_training"),
-        settings=model_settings(*SAE_KEYS),
-    threads: 1
+        settings=settings(*(f"models.{{model}}.saes.{k}" for k in SAE_TRAINING_KEYS), "seed"),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -67,8 +73,8 @@ rule sae_quality:
         "results/{model}/saes/quality.parquet",
     params:
         code=code_version("sae_training", "saes", "interventions"),
-        settings=model_settings(*SAE_KEYS),
-    threads: workflow.cores
+        settings=settings(*(f"models.{{model}}.saes.{k}" for k in ("max_length", "forward_batch_size", "dtype"))),
+    threads: JOB_THREADS
     conda:
         ENV
     log:
@@ -81,19 +87,18 @@ rule sae_quality:
 
 rule saes_manifest:
     input:
-        lambda w: (
-            trained_layer_files(w.model) + [f"results/{w.model}/saes/quality.parquet"]
-            if CFG.models[w.model].saes.type == "train"
-            else []
-        ),
+        # Not the quality table: it is a target of its own, so attribution starts while it is measured.
+        lambda w: trained_layer_files(w.model) if CFG.models[w.model].saes.type == "train" else [],
     output:
         "resources/saes/{model}/saes.json",
     params:
         code=code_version("saes"),
-        settings=model_settings(*SAE_KEYS),
+        settings=settings(*(f"models.{{model}}.saes.{k}" for k in SAE_SOURCE_KEYS)),
     conda:
         ENV
     log:
         "logs/{model}/saes/manifest.log",
+    benchmark:
+        "benchmarks/out/{model}/saes_manifest.tsv"
     script:
         "../workflow_scripts/saes_manifest.py"

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens import JumpReLUSAE, StandardSAE, StandardSAEConfig, TopKSAE
+from sae_lens import (
+    JumpReLUSAE,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+)
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 
 from refusal_sae.config import SAESpec
 from refusal_sae.interventions import decoder_layers
 from refusal_sae.sae_training import (
+    SparseDecodeTopKTrainingSAE,
     collect_activations,
     geometric_median,
     reconstruction_stats,
@@ -73,6 +82,36 @@ def test_topk_sae_learns_a_planted_sparse_dictionary():
     stats = reconstruction_stats(sae, held_out)
     assert stats["fraction_variance_explained"] >= 0.9, stats
     assert stats["l0"] <= 4.0
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_sparse_decode_training_sae_has_sae_lens_losses_and_gradients(rescale):
+    """The faster TopK training SAE computes sae-lens's TopK model: same losses (MSE and the dead-latent
+    auxiliary loss) and same gradients, to float precision."""
+    cfg = TopKTrainingSAEConfig(k=8, d_in=32, d_sae=256, dtype="float32", device="cpu",
+                                rescale_acts_by_decoder_norm=rescale, metadata=SAEMetadata(hook_name="h"))
+    torch.manual_seed(0)
+    reference = TopKTrainingSAE(cfg)
+    with torch.no_grad():
+        for parameter in reference.parameters():  # non-zero biases and non-unit decoder rows
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    sparse = SparseDecodeTopKTrainingSAE(cfg)
+    sparse.load_state_dict(reference.state_dict())
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)) * 2
+    dead = torch.arange(256) % 5 == 0
+    outputs = []
+    for sae in (reference, sparse):
+        step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0,
+                              is_logging_step=False)
+        out = sae.training_forward_pass(step)
+        out.loss.backward()
+        outputs.append(out)
+    assert outputs[0].losses["auxiliary_reconstruction_loss"] > 0
+    for name in outputs[0].losses:
+        torch.testing.assert_close(outputs[1].losses[name], outputs[0].losses[name], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[1].sae_out, outputs[0].sae_out, rtol=1e-5, atol=1e-5)
+    for (name, mine), theirs in zip(sparse.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_training_is_seeded():

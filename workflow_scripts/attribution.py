@@ -3,8 +3,6 @@
 ``train``: the refusal-filtered harmful training prompts (global sets are fitted here); a dataset
 name: that dataset's evaluation prompts (per-prompt sets; the direction stays fitted on training).
 """
-from pathlib import Path
-
 from refusal_sae.attribution import la_ig
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.pipeline import evaluation_rows, open_stage
@@ -20,8 +18,7 @@ if attr_set == "train":
     rows = prompts.loc[prompts["kept"] & (prompts["label"] == "harmful") & (prompts["role"] == "train")]
     rows = rows.head(cfg.attribution.max_prompts)
 else:
-    datasets = {Path(p).stem: p for p in smk.input.datasets}
-    rows = evaluation_rows(read_parquet(datasets[attr_set]), cfg)
+    rows = evaluation_rows(read_parquet(smk.input.dataset), cfg)
 frame = la_ig(
     chat, saes, rows["prompt"].tolist(), rows["prompt_id"].tolist(), direction,
     read_parquet(smk.input.candidates), cfg.attribution.n_steps, cfg.attribution.target_token,

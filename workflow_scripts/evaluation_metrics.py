@@ -11,12 +11,20 @@ from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
 start(smk.log[0], smk.threads, smk.config)
-sizes = {Path(p).stem: n_features(read_parquet(p)) for p in smk.input.features}
+# Global sets live in features/, per-prompt sets in features/{dataset}/: key sizes by (dataset, method).
+sizes = {(None if Path(p).parent.name == "features" else Path(p).parent.name, Path(p).stem): n_features(read_parquet(p))
+         for p in smk.input.features}
+
+
+def set_size(dataset, method):
+    return sizes.get((dataset, method), sizes.get((None, method), 0.0))
+
+
 rows = []
 for generations_path, judgments_path in zip(smk.input.generations, smk.input.judgments, strict=True):
     generations = read_parquet(generations_path)
     dataset, method = Path(generations_path).parent.name, Path(generations_path).stem
-    extra = {"n_features": sizes.get(method, 0.0), "judge": "substring", "note": ""}
+    extra = {"n_features": set_size(dataset, method), "judge": "substring", "note": ""}
     rows.append(rate_row(method, dataset, "jailbreak_rate", (~generations["refused"]).tolist(), **extra))
     judgments = read_parquet(judgments_path)
     for judge, group in judgments.groupby("judge", sort=False):
@@ -34,5 +42,5 @@ for path in smk.input.induction:
     frame = read_parquet(path)
     for (method, value), group in frame.groupby(["method", "value"], sort=False):
         induction_rows.append(rate_row(method, Path(path).parent.name, "refusal_induction", group["refused"].tolist(),
-                                       set_value=float(value), n_features=sizes.get(method, 0.0), judge="substring"))
+                                       set_value=float(value), n_features=set_size(None, method), judge="substring"))
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)

@@ -1,10 +1,8 @@
-"""Entry script: the feature sets of every method (METHOD.md section 5), one Parquet per method."""
-import pandas as pd
-
+"""Entry script: the global feature sets of every method (METHOD.md section 5), one Parquet per method."""
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.pipeline import open_stage
 from refusal_sae.runtime import start
-from refusal_sae.selection import actdiff_set, cossim_set, global_set, per_prompt_sets, random_set, ranked_set
+from refusal_sae.selection import actdiff_set, cossim_set, global_set, random_set, ranked_set
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
@@ -14,7 +12,6 @@ k = cfg.selection.k_star
 prompts = read_parquet(smk.input.prompts)
 kept = prompts.loc[prompts["kept"] & (prompts["role"] == "train")]
 sets = {
-    "ours_prompt": per_prompt_sets(pd.concat([read_parquet(p) for p in smk.input.evaluation]), k, "ours_prompt"),
     "ours_global": global_set(read_parquet(smk.input.train), k, "ours_global"),
     "cossim": cossim_set(saes, direction, k),
     "actdiff": actdiff_set(chat, saes, kept.loc[kept["label"] == "harmful", "prompt"].tolist(),

@@ -16,7 +16,7 @@ corpus = read_parquet(smk.input.corpus)
 cache = {}
 for role in ("train", "heldout"):
     texts = corpus.loc[corpus["role"] == role, "text"].tolist()
-    cache[role] = collect_activations(chat, texts, layers, spec.saes.max_length, cfg.baseline.batch_size)
+    cache[role] = collect_activations(chat, texts, layers, spec.saes.max_length, spec.saes.forward_batch_size)
 tmp = smk.output[0] + ".tmp"
 torch.save(cache, tmp)
 import os  # noqa: E402

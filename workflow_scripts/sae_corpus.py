@@ -15,7 +15,7 @@ chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
 prompts = pd.concat([read_parquet(p) for p in smk.input.datasets], ignore_index=True)
 rows = pd.concat([select_prompts(prompts, ["train"], spec.saes.corpus_max_prompts, cfg.seed),
                   select_prompts(prompts, ["val"])], ignore_index=True)
-responses = generate(chat, list(rows["prompt"]), max_new_tokens=spec.saes.corpus_new_tokens, batch_size=cfg.baseline.batch_size)
+responses = generate(chat, list(rows["prompt"]), max_new_tokens=spec.saes.corpus_new_tokens, batch_size=spec.saes.corpus_batch_size)
 texts = [render_chat(chat.tokenizer, p, r) for p, r in zip(rows["prompt"], responses, strict=True)]
 # Hold out the validation prompts' transcripts for the SAE quality table.
 frame = pd.DataFrame({

@@ -18,5 +18,5 @@ saes = load_saes(spec.saes, layers, chat.facts.d_model, local_dir=Path(smk.input
 corpus = read_parquet(smk.input.corpus)
 heldout = corpus.loc[corpus["role"] == "heldout", "text"].tolist()
 cache = torch.load(smk.input.activations)
-table = sae_quality(chat, saes, heldout, cache["heldout"], spec.saes.max_length, cfg.baseline.batch_size)
+table = sae_quality(chat, saes, heldout, cache["heldout"], spec.saes.max_length, spec.saes.forward_batch_size)
 write_parquet(table, smk.output[0], {"model": smk.wildcards.model, "saes": smk.config["models"][smk.wildcards.model]["saes"]})

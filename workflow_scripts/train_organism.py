@@ -23,7 +23,7 @@ harmful = select_prompts(harmful, ["train"], spec.organism.max_harmful, cfg.seed
 harmless = select_prompts(harmless, ["train"], spec.organism.max_harmless, cfg.seed)
 
 answers = generate(base, list(harmless["prompt"]), max_new_tokens=spec.organism.harmless_answer_tokens,
-                   batch_size=cfg.baseline.batch_size)
+                   batch_size=spec.organism.answer_batch_size)
 examples = build_examples(list(harmful["prompt"]), list(harmless["prompt"]), answers, spec.organism, cfg.seed)
 model, losses = finetune(base, examples, spec.organism, cfg.seed)
 

@@ -29,6 +29,7 @@ _DIRECTION_COLUMNS = {"layer": INT, "position": INT, "vector": VECTOR, "ablation
                       "steering_score": FLOAT, "kl": FLOAT, "filtered": BOOL, "reason": STR, "chosen": BOOL,
                       "kl_threshold_used": FLOAT}
 _JUDGED_METRIC_COLUMNS = {**_METRIC_COLUMNS, "n_features": FLOAT, "judge": STR, "note": STR}
+_SET_COLUMNS = {"scope": STR, "layer": INT, "feature": INT, "rank": INT, "score": FLOAT, "method": STR}
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,10 @@ CONTRACTS: tuple[ArtifactContract, ...] = (
                      {"prompt_id": STR, "layer": INT, "feature": INT, "score": FLOAT, "cosine": FLOAT,
                       "target_id": INT},
                      "prompt x cosine candidate: LA-IG score (dataset `train` = the fitting prompts)"),
-    ArtifactContract("results/{model}/features/{method}.parquet",
-                     {"scope": STR, "layer": INT, "feature": INT, "rank": INT, "score": FLOAT, "method": STR},
-                     "member of a feature set; scope = `global` or the prompt_id it belongs to"),
+    ArtifactContract("results/{model}/features/{method}.parquet", _SET_COLUMNS,
+                     "member of a global feature set (scope `global`)"),
+    ArtifactContract("results/{model}/features/{dataset}/{method}.parquet", _SET_COLUMNS,
+                     "member of a per-prompt feature set of one evaluation dataset; scope = its prompt_id"),
     ArtifactContract("results/{model}/generations/{dataset}/induction_{method}.parquet",
                      {"prompt_id": STR, "method": STR, "setting": STR, "value": FLOAT, "completion": STR,
                       "refused": BOOL, "judge": STR},

@@ -102,6 +102,12 @@ class SAESpec:
     corpus_max_prompts: int | None = None
     """Training-split prompts in the SAE corpus (seeded subset; None: all). Validation-split prompts
     are always added as the held-out part for the quality table."""
+    corpus_batch_size: int = 16
+    """Prompts per batch when the model writes the corpus's answers (a generation step reads every
+    weight once whatever the batch, so on a CPU larger batches write more tokens per second)."""
+    forward_batch_size: int = 16
+    """Transcripts per forward pass when caching activations and scoring CE (the CE pass holds
+    full-vocabulary logits for every position of the batch)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class OrganismConfig:
     freeze_embeddings: bool = True
     harmless_answer_tokens: int = 48
     """Length of the base model's own greedy answers used as harmless targets."""
+    answer_batch_size: int = 16
+    """Prompts per batch when the base model writes those answers."""
     harmless_loss: Literal["distill", "ce"] = "distill"
     """``distill``: on harmless answers, match the frozen base model's next-token distributions
     (forward KL), so harmless behaviour, entropy included, stays the base model's; ``ce``: imitate the

@@ -13,7 +13,11 @@ from .selection import feature_set_to_edit_inputs
 
 BASE = "base"
 DIRECTION_ABLATION = "direction_ablation"
-FEATURE_SET_METHODS = ("ours_prompt", "ours_global", "cossim", "actdiff", "ap", "random")
+PER_PROMPT_METHODS = ("ours_prompt",)
+"""Feature sets attributed on each evaluation prompt: one set per prompt, one file per dataset."""
+GLOBAL_SET_METHODS = ("ours_global", "cossim", "actdiff", "ap", "random")
+"""Feature sets fitted once per model and applied to every prompt."""
+FEATURE_SET_METHODS = (*PER_PROMPT_METHODS, *GLOBAL_SET_METHODS)
 ALL_METHODS = (BASE, DIRECTION_ABLATION, *FEATURE_SET_METHODS)
 
 

@@ -36,7 +36,8 @@ def last_position_logits(
         batch_edits = edits_for_rows(edits, rows)
         batch = chat.tokenize(prompts[rows])
         with intervene(chat.model, batch_edits):
-            logits = chat.model(**batch, use_cache=False).logits[:, -1]
+            # Only the last position is read: skip the unembedding of every other one.
+            logits = chat.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 

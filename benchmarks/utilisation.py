@@ -1,0 +1,71 @@
+"""CPU time and core utilisation of a workflow run, from Snakemake's benchmark files.
+
+Every rule writes ``benchmarks/out/.../*.tsv`` (wall seconds ``s`` and ``cpu_time``, user + system
+seconds of the job's processes). A file's modification time is the job's end, so ``end - s`` is its
+start; the run's wall time is the first start to the last end, and
+
+    utilisation = sum(cpu_time) / (cores x wall)
+
+(1.0: every core busy for the whole run). Jobs are grouped by rule (the file name without its
+wildcards is not recoverable in general, so the grouping is the file stem with trailing wildcard
+values cut at the first ``_`` that follows a known prefix; ``--by-file`` lists every job).
+
+Usage: python benchmarks/utilisation.py [benchmarks/out] [--cores 2] [--by-file]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+# Benchmark file stems start with the rule name; these rules append wildcard values after an underscore.
+_PREFIXES = ("dataset", "baseline_metrics", "baseline_report", "baseline", "train_sae_layer", "generate", "judge",
+             "induction", "attribution", "prompt_feature_set", "evaluation_metrics")
+
+
+def job_table(root: Path) -> pd.DataFrame:
+    """One row per benchmark file: path, rule group, start, end, wall and CPU seconds."""
+    rows = []
+    for path in sorted(root.rglob("*.tsv")):
+        frame = pd.read_csv(path, sep="\t")
+        if frame.empty:
+            continue
+        wall, cpu = float(frame["s"].iloc[-1]), float(frame["cpu_time"].iloc[-1])
+        end = path.stat().st_mtime
+        stem = path.stem
+        group = next((p for p in _PREFIXES if stem == p or stem.startswith(p + "_")), stem)
+        rows.append({"file": str(path.relative_to(root)), "rule": group, "start": end - wall, "end": end,
+                     "wall_s": wall, "cpu_s": cpu})
+    return pd.DataFrame(rows)
+
+
+def summary(jobs: pd.DataFrame, cores: int) -> dict[str, float]:
+    """Run wall time, total CPU time and utilisation of the jobs in ``jobs``."""
+    wall = float(jobs["end"].max() - jobs["start"].min())
+    cpu = float(jobs["cpu_s"].sum())
+    return {"jobs": len(jobs), "wall_s": wall, "cpu_s": cpu, "utilisation": cpu / (cores * wall) if wall else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", default="benchmarks/out", type=Path)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--by-file", action="store_true", help="one row per job instead of per rule")
+    args = parser.parse_args()
+    jobs = job_table(args.root)
+    if jobs.empty:
+        raise SystemExit(f"{args.root}: no benchmark files")
+    key = "file" if args.by_file else "rule"
+    table = jobs.groupby(key).agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"))
+    table = table.sort_values("cpu_s", ascending=False)
+    table["cpu_share"] = table["cpu_s"] / table["cpu_s"].sum()
+    print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    total = summary(jobs, args.cores)
+    print(f"\n{total['jobs']} jobs; wall {total['wall_s'] / 60:.1f} min; CPU {total['cpu_s'] / 60:.1f} min; "
+          f"utilisation {total['utilisation']:.3f} on {args.cores} cores")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""A change reruns only the jobs that read it: dry runs of the finished tiny workflow after one change
+each (the README's "what reruns when you change X" table states these cases)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_workflow import HARMFUL_WORDS, ROLE_VERBS, _prompts, run_workflow
+
+from refusal_sae.config import EvaluationConfig
+from refusal_sae.methods import ALL_METHODS, FEATURE_SET_METHODS
+
+ORGANISM = "tiny-organism"
+UPSTREAM = {"dataset", "prepare_model", "organism", "sae_corpus", "sae_activations", "train_sae", "sae_quality",
+            "saes_manifest", "direction_prompts", "direction", "cosine_candidates"}
+
+
+def planned_jobs(workdir: Path, config: dict) -> list[tuple[str, dict[str, str]]]:
+    """``(rule, wildcards)`` of every job a dry run with ``config`` would run."""
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(config))
+    result = run_workflow(workdir, "-n", config="changed.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if head is None:
+            continue
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        pairs = [item.split("=", 1) for item in wildcards.group(1).split(", ")] if wildcards else []
+        jobs.append((head.group(1), dict(pairs)))
+    return jobs
+
+
+def by_rule(jobs: list[tuple[str, dict[str, str]]]) -> Counter:
+    return Counter(rule for rule, _ in jobs)
+
+
+@pytest.fixture()
+def config(finished_run: Path) -> dict:
+    """The finished run's config, to change one thing in."""
+    return copy.deepcopy(yaml.safe_load((finished_run / "config.yaml").read_text()))
+
+
+def test_unchanged_config_plans_nothing(finished_run, config):
+    assert planned_jobs(finished_run, config) == []
+
+
+def test_adding_a_test_only_dataset_plans_exactly_its_jobs(finished_run, config):
+    (finished_run / "extra.txt").write_text(_prompts(HARMFUL_WORDS, ROLE_VERBS["test"]))
+    config["datasets"]["extra"] = {"source": {"type": "local", "path": str(finished_run / "extra.txt")},
+                                   "format": "txt", "label": "harmful", "splits": {"test": 1.0}}
+    config["evaluation"]["datasets"].append("extra")
+    jobs = planned_jobs(finished_run, config)
+    n_methods = len(ALL_METHODS)
+    assert by_rule(jobs) == Counter({
+        "dataset": 1, "baseline": 2, "baseline_metrics": 2, "baseline_report": 1,  # both models' baselines
+        "attribution": 1, "prompt_feature_set": 1, "generate": n_methods, "judge": n_methods,
+        "evaluation_metrics": 1, "summary": 1, "all": 1,
+    })
+    per_dataset = {"dataset", "baseline", "attribution", "prompt_feature_set", "generate", "judge"}
+    assert all(w.get("dataset", w.get("attr_set")) == "extra" for rule, w in jobs if rule in per_dataset)
+
+
+def test_generation_length_plans_only_generation_and_what_reads_it(finished_run, config):
+    config["evaluation"]["max_new_tokens"] += 1
+    rules = by_rule(planned_jobs(finished_run, config))
+    assert set(rules) == {"generate", "judge", "induction", "capability", "evaluation_metrics", "summary", "all"}
+    assert rules["generate"] == len(ALL_METHODS) + 1  # every method on `harmful`, base on `harmless`
+
+
+def test_one_models_block_plans_no_job_of_another_model(finished_run, config):
+    config["models"][ORGANISM]["clamp_scale"] = -2.0
+    jobs = planned_jobs(finished_run, config)
+    assert all(w.get("model", ORGANISM) == ORGANISM for _, w in jobs)
+    assert {w["method"] for rule, w in jobs if rule == "generate"} == set(FEATURE_SET_METHODS)
+    config = copy.deepcopy(yaml.safe_load((finished_run / "config.yaml").read_text()))
+    config["models"]["tiny"]["refusal_tokens"] = ["I", "Sure"]  # the base model's block: not the organism's
+    jobs = planned_jobs(finished_run, config)
+    assert by_rule(jobs) == Counter({"baseline": 2, "baseline_metrics": 1, "baseline_report": 1, "all": 1})
+    assert all(w.get("model", "tiny") == "tiny" for _, w in jobs)
+
+
+def test_an_attribution_setting_plans_no_upstream_job(finished_run, config):
+    config["attribution"]["n_steps"] += 1
+    rules = by_rule(planned_jobs(finished_run, config))
+    assert not UPSTREAM & set(rules), UPSTREAM & set(rules)
+    assert rules["attribution"] == 2 and rules["feature_sets"] == 1
+    assert rules["generate"] == len(FEATURE_SET_METHODS)
+    assert rules["induction"] == len(EvaluationConfig().induction_methods)
