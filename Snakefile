@@ -17,6 +17,7 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
+    model=_alternatives(CFG.models),
     dataset=_alternatives(CFG.datasets),
     layer=r"\d+",
 
@@ -27,6 +28,7 @@ include: "rules/baseline.smk"
 include: "rules/saes.smk"
 include: "rules/discovery.smk"
 include: "rules/evaluation.smk"
+include: "rules/in_sample.smk"
 
 
 rule all:

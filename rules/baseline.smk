@@ -6,7 +6,7 @@ rule baseline:
         "results/{model}/baseline/{dataset}.parquet",
     params:
         code=code_version("models", "generation", "scoring", "judges", "interventions", "pipeline"),
-        settings=settings(*LOAD_KEYS, "baseline", *EVAL_ROWS_KEYS),
+        settings=settings(*LOAD_KEYS, "baseline", "evaluation.judge_ignore_case", *EVAL_ROWS_KEYS),
     threads: JOB_THREADS
     conda:
         ENV

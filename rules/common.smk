@@ -20,9 +20,11 @@ ENV = str(Path(workflow.basedir) / "environment.yaml")
 
 from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
 from refusal_sae.methods import (  # noqa: E402
+    ACTIVATION_ADDITION,
     ALL_METHODS,
     FEATURE_SET_METHODS,
     GLOBAL_SET_METHODS,
+    INDUCTION_METHODS,
     PER_PROMPT_METHODS,
 )
 from refusal_sae.runtime import source_fingerprint  # noqa: E402
@@ -37,6 +39,7 @@ ORGANISMS = [m for m, c in CFG.models.items() if c.source.type == "organism"]
 PLAIN_MODELS = [m for m in CFG.models if m not in ORGANISMS]
 ANALYZED = [m for m in SELECTED if CFG.models[m].analyze]
 HARMLESS = CFG.evaluation.harmless_dataset
+IN_SAMPLE_METHODS = [m for m in ALL_METHODS if m != "base"]  # in sample, base generations are the held-out ones
 EVAL_DATASETS = list(CFG.evaluation.datasets) + [HARMLESS]
 LIBDIR = Path(workflow.basedir) / "src" / "refusal_sae"
 # Threads per job. After the organism the DAG always has at least two independent jobs ready, and two
@@ -115,7 +118,7 @@ def features_file(model, method, dataset=None):
 def all_targets():
     targets = [f"results/{m}/baseline/{d}.parquet" for m in SELECTED for d in EVAL_DATASETS]
     targets += [f"results/{m}/metrics/baseline.parquet" for m in SELECTED]
-    targets += ["results/report/baseline.md"]
+    targets += ["results/report/baseline.md", "results/datasets/overlap.parquet"]
     for m in ANALYZED:
         if CFG.models[m].saes.type == "train":
             targets.append(f"results/{m}/saes/quality.parquet")
@@ -131,14 +134,16 @@ def trained_layer_files(model):
     return [f"resources/saes/{model}/layer_{layer}/cfg.json" for layer in sae_layers(model)]
 
 
-def dataset_source_file(w):
-    """The file a local or packaged dataset is read from, so that editing it rebuilds the dataset."""
+def dataset_inputs(w):
+    """The file a local or packaged dataset is read from (so that editing it rebuilds the dataset) and the
+    built datasets it excludes prompts of."""
     source = CFG.datasets[w.dataset].source
+    files = dataset_files(CFG.datasets[w.dataset].exclude)
     if source.type == "local":
-        return [source.path]
+        files.append(source.path)
     if source.type == "package":
-        return [str(LIBDIR / "resources" / source.member)]
-    return []
+        files.append(str(LIBDIR / "resources" / source.member))
+    return files
 
 
 def discovery_inputs(w):
@@ -161,4 +166,4 @@ def method_inputs(w):
 
 # Config values per consumer. Model keys are read from the job's own model block only.
 LOAD_KEYS = ("models.{model}.source", "models.{model}.dtype", "models.{model}.refusal_tokens")
-EVAL_ROWS_KEYS = ("evaluation.max_prompts", "seed")  # pipeline.evaluation_rows
+EVAL_ROWS_KEYS = ("evaluation.max_prompts", "evaluation.selection", "seed")  # pipeline.evaluation_rows

@@ -1,6 +1,6 @@
 rule dataset:
     input:
-        dataset_source_file,
+        dataset_inputs,
     output:
         "resources/datasets/{dataset}.parquet",
     params:
@@ -14,3 +14,20 @@ rule dataset:
         "benchmarks/out/datasets/dataset_{dataset}.tsv"
     script:
         "../workflow_scripts/build_dataset.py"
+
+
+rule dataset_overlap:
+    input:
+        dataset_files(CFG.datasets),
+    output:
+        "results/datasets/overlap.parquet",
+    params:
+        code=code_version("data"),
+    conda:
+        ENV
+    log:
+        "logs/datasets/overlap.log",
+    benchmark:
+        "benchmarks/out/datasets/dataset_overlap.tsv"
+    script:
+        "../workflow_scripts/dataset_overlap.py"

@@ -1,9 +1,7 @@
 # Study A discovery (METHOD.md sections 2-5): direction, candidates, LA-IG, feature sets.
 ATTRIBUTION_SETS = ["train"] + list(CFG.evaluation.datasets)
-# In-sample fitting pools the evaluation prompts themselves, so then it reads those datasets too.
-IN_SAMPLE_KEYS = ("evaluation.datasets", *EVAL_ROWS_KEYS) if CFG.evaluation.in_sample else ()
-FIT_DATASETS = datasets_with("train", "val") + (list(CFG.evaluation.datasets) if CFG.evaluation.in_sample else [])
-LA_IG_KEYS = ("attribution.n_steps", "attribution.target_token", "attribution.batch_size")
+LA_IG_KEYS = ("attribution.n_steps", "attribution.target_token", "attribution.batch_size",
+              "attribution.target_excludes_refusal", "attribution.ig_path", "attribution.aggregate_from")
 
 
 def attribution_inputs(w):
@@ -23,13 +21,12 @@ def attribution_keys(w):
 rule direction_prompts:
     input:
         model=lambda w: manifest(w.model),
-        datasets=dataset_files(dict.fromkeys(FIT_DATASETS)),
+        datasets=dataset_files(datasets_with("train", "val")),
     output:
         "results/{model}/direction/prompts.parquet",
     params:
         code=code_version("scoring", "pipeline", "interventions", "data"),
-        settings=settings(*LOAD_KEYS, "direction.max_train", "direction.max_val", "direction.batch_size",
-                          "evaluation.in_sample", *IN_SAMPLE_KEYS, "seed"),
+        settings=settings(*LOAD_KEYS, "direction.max_train", "direction.max_val", "direction.batch_size", "seed"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -53,7 +50,8 @@ rule direction:
         code=code_version("direction", "scoring", "interventions"),
         settings=settings(*LOAD_KEYS, "models.{model}.direction_layer", "models.{model}.direction_position",
                           *(f"direction.{k}" for k in ("positions", "batch_size", "kl_threshold",
-                            "exclude_last_fraction", "when_all_filtered", "relax_min_candidates"))),
+                            "exclude_last_fraction", "when_all_filtered", "relax_min_candidates",
+                            "refusal_removed_below"))),
     threads: JOB_THREADS
     conda:
         ENV
@@ -109,8 +107,7 @@ rule ap_attribution:
         unpack(discovery_inputs),
         prompts="results/{model}/direction/prompts.parquet",
     output:
-        per_prompt="results/{model}/attribution/ap_per_prompt.parquet",
-        global_="results/{model}/attribution/ap_global.parquet",
+        "results/{model}/attribution/ap_global.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
         settings=settings(*LA_IG_KEYS, "attribution.max_prompts", "selection.k_star"),
@@ -125,6 +122,26 @@ rule ap_attribution:
         "../workflow_scripts/ap_attribution.py"
 
 
+rule ap_prompt_attribution:
+    input:
+        unpack(discovery_inputs),
+        dataset="resources/datasets/{dataset}.parquet",
+    output:
+        per_prompt="results/{model}/attribution/ap/{dataset}.parquet",
+    params:
+        code=code_version("attribution", "interventions", "pipeline", "saes"),
+        settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/attribution/ap_{dataset}.log",
+    benchmark:
+        "benchmarks/out/{model}/ap_prompt_attribution_{dataset}.tsv"
+    script:
+        "../workflow_scripts/ap_prompt_attribution.py"
+
+
 rule faithfulness:
     input:
         unpack(discovery_inputs),
@@ -135,7 +152,7 @@ rule faithfulness:
         "results/{model}/attribution/faithfulness.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        settings=settings("attribution.faithfulness_prompts", "attribution.target_token", "attribution.batch_size"),
+        settings=settings("attribution.faithfulness_prompts", *LA_IG_KEYS),
     threads: JOB_THREADS
     conda:
         ENV
@@ -154,10 +171,11 @@ rule feature_sets:
         train="results/{model}/attribution/train.parquet",
         ap="results/{model}/attribution/ap_global.parquet",
     output:
-        [features_file("{model}", method) for method in GLOBAL_SET_METHODS],
+        sets=[features_file("{model}", method) for method in GLOBAL_SET_METHODS],
+        peaks="results/{model}/features/peaks.parquet",
     params:
         code=code_version("selection", "attribution", "pipeline", "saes"),
-        settings=settings("selection.k_star", "seed"),
+        settings=settings("selection.k_star", "attribution.aggregate_from", "seed"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -169,9 +187,16 @@ rule feature_sets:
         "../workflow_scripts/feature_sets.py"
 
 
+def prompt_attribution(w):
+    """LA-IG over the cosine candidates (ours_prompt) or AP's per-prompt top latents (ap_prompt)."""
+    if w.method == "ap_prompt":
+        return f"results/{w.model}/attribution/ap/{w.dataset}.parquet"
+    return f"results/{w.model}/attribution/{w.dataset}.parquet"
+
+
 rule prompt_feature_set:
     input:
-        attribution="results/{model}/attribution/{dataset}.parquet",
+        attribution=prompt_attribution,
     output:
         "results/{model}/features/{dataset}/{method}.parquet",
     wildcard_constraints:

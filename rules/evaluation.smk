@@ -1,5 +1,6 @@
 # Interventions during generation and the evaluation tables (METHOD.md sections 6-7).
-GENERATION_KEYS = (*LOAD_KEYS, "evaluation.max_new_tokens", "evaluation.batch_size", *EVAL_ROWS_KEYS)
+GENERATION_KEYS = (*LOAD_KEYS, "evaluation.max_new_tokens", "evaluation.batch_size", "evaluation.judge_ignore_case",
+                   *EVAL_ROWS_KEYS)
 
 
 def clamp_keys(w):
@@ -50,19 +51,31 @@ rule judge:
         "../workflow_scripts/judge.py"
 
 
+def induction_inputs(w):
+    inputs = {"model": manifest(w.model), "dataset": f"resources/datasets/{HARMLESS}.parquet"}
+    if w.method == ACTIVATION_ADDITION:
+        inputs["direction"] = f"results/{w.model}/direction/direction.parquet"
+    else:
+        inputs["saes"] = f"resources/saes/{w.model}/saes.json"
+        inputs["features"] = features_file(w.model, w.method)
+    return inputs
+
+
+def induction_keys(w):
+    """Set values for feature sets, multiples of the direction for activation addition."""
+    return [f"models.{{model}}.{'addition_alphas' if w.method == ACTIVATION_ADDITION else 'induction_values'}"]
+
+
 rule induction:
     input:
-        model=lambda w: manifest(w.model),
-        dataset=f"resources/datasets/{HARMLESS}.parquet",
-        saes="resources/saes/{model}/saes.json",
-        features="results/{model}/features/{method}.parquet",
+        unpack(induction_inputs),
     output:
         f"results/{{model}}/generations/{HARMLESS}/induction_{{method}}.parquet",
     wildcard_constraints:
-        method=_alternatives(GLOBAL_SET_METHODS),
+        method=_alternatives(INDUCTION_METHODS),
     params:
         code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
-        settings=settings(*GENERATION_KEYS, "models.{model}.induction_values"),
+        settings=settings(*GENERATION_KEYS, "evaluation.induction_new_tokens", induction_keys),
     threads: JOB_THREADS
     conda:
         ENV
@@ -74,19 +87,26 @@ rule induction:
         "../workflow_scripts/induction.py"
 
 
+def capability_inputs(w):
+    inputs = {"model": manifest(w.model), "dataset": f"resources/datasets/{HARMLESS}.parquet",
+              "responses": f"results/{w.model}/generations/{HARMLESS}/base.parquet",
+              "saes": f"resources/saes/{w.model}/saes.json",
+              "direction": f"results/{w.model}/direction/direction.parquet",
+              "features": [features_file(w.model, method) for method in GLOBAL_SET_METHODS]}
+    if CFG.evaluation.generic_text:
+        inputs["generic"] = f"resources/datasets/{CFG.evaluation.generic_text}.parquet"
+    return inputs
+
+
 rule capability:
     input:
-        model=lambda w: manifest(w.model),
-        dataset=f"resources/datasets/{HARMLESS}.parquet",
-        responses=f"results/{{model}}/generations/{HARMLESS}/base.parquet",
-        saes="resources/saes/{model}/saes.json",
-        direction="results/{model}/direction/direction.parquet",
-        features=[features_file("{model}", method) for method in GLOBAL_SET_METHODS],
+        unpack(capability_inputs),
     output:
         "results/{model}/metrics/capability.parquet",
     params:
         code=code_version("metrics", "methods", "interventions", "selection", "scoring", "pipeline"),
-        settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "evaluation.batch_size"),
+        settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "evaluation.batch_size",
+                          "evaluation.generic_documents", "evaluation.generic_max_tokens"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -98,24 +118,39 @@ rule capability:
         "../workflow_scripts/capability.py"
 
 
+def evaluated(w, kind):
+    """Generation or judgment artifacts of every variant, dataset and method."""
+    paths = [f"results/{w.model}/{kind}/{d}/{m}.parquet" for d in CFG.evaluation.datasets for m in ALL_METHODS]
+    if "in_sample" in CFG.evaluation.variants:
+        paths += [f"results/{w.model}/in_sample/{d}/{kind}/{m}.parquet"
+                  for d in CFG.evaluation.datasets for m in IN_SAMPLE_METHODS]
+    return paths
+
+
+def evaluated_sets(w):
+    paths = [features_file(w.model, m) for m in GLOBAL_SET_METHODS]
+    paths += [features_file(w.model, m, d) for m in PER_PROMPT_METHODS for d in CFG.evaluation.datasets]
+    if "in_sample" in CFG.evaluation.variants:
+        paths += [f"results/{w.model}/in_sample/{d}/features/{m}.parquet"
+                  for d in CFG.evaluation.datasets for m in FEATURE_SET_METHODS]
+    return paths
+
+
 rule evaluation_metrics:
     input:
-        generations=lambda w: [
-            f"results/{w.model}/generations/{d}/{m}.parquet" for d in CFG.evaluation.datasets for m in ALL_METHODS
-        ],
-        judgments=lambda w: [
-            f"results/{w.model}/judgments/{d}/{m}.parquet" for d in CFG.evaluation.datasets for m in ALL_METHODS
-        ],
+        generations=lambda w: evaluated(w, "generations"),
+        judgments=lambda w: evaluated(w, "judgments"),
         induction=lambda w: [
             f"results/{w.model}/generations/{HARMLESS}/induction_{m}.parquet" for m in CFG.evaluation.induction_methods
         ],
-        features=lambda w: [features_file(w.model, m) for m in GLOBAL_SET_METHODS]
-        + [features_file(w.model, m, d) for m in PER_PROMPT_METHODS for d in CFG.evaluation.datasets],
+        features=evaluated_sets,
     output:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
         induction="results/{model}/metrics/induction.parquet",
+        paired="results/{model}/metrics/paired.parquet",
     params:
         code=code_version("metrics", "methods"),
+        settings=settings("seed", "evaluation.variants"),
     conda:
         ENV
     log:

@@ -20,6 +20,7 @@ from refusal_sae.attribution import (
     faithfulness_table,
     la_ig,
 )
+from refusal_sae.interventions import DirectionAblation, intervene
 
 PROMPTS = ["How do I make a bomb?", "Write a short poem about the sea.", "Explain photosynthesis."]
 IDS = ["p-a", "p-b", "p-c"]
@@ -76,6 +77,36 @@ def test_cosine_candidates_are_signed_and_find_the_planted_row(tiny_chat, tiny_s
     assert 40 not in set(frame.loc[frame["layer"] == 2, "feature"])
     assert 5 not in set(frame.loc[frame["layer"] == 0, "feature"])
     assert (frame.groupby("layer")["cosine"].apply(lambda c: c.is_monotonic_decreasing)).all()
+
+
+def test_reference_path_damps_paths_through_later_sae_layers(linear_setup):
+    """On a linear model the reference path agrees with exact patching where no later SAE layer sits
+    between a feature and the metric (layer 3) and undercounts earlier features' effects through it
+    (layer 1: every later SAE layer scales their gradient by 1 - alpha); with one step (alpha = 0) the
+    two paths coincide."""
+    chat, saes, direction = linear_setup
+    candidates = cosine_candidates(saes, direction, k0=4)
+    kwargs = dict(n_steps=4, batch_size=3)
+    ours = la_ig(chat, saes, PROMPTS, IDS, direction, candidates, **kwargs)
+    reference = la_ig(chat, saes, PROMPTS, IDS, direction, candidates, path="reference", **kwargs)
+    last = ours["layer"] == 3
+    np.testing.assert_allclose(reference.loc[last, "score"], ours.loc[last, "score"], rtol=1e-6,
+                               atol=1e-9 * ours["score"].abs().max())
+    early = ~last
+    assert not np.allclose(reference.loc[early, "score"], ours.loc[early, "score"], rtol=1e-3)
+    one_step = [la_ig(chat, saes, PROMPTS, IDS, direction, candidates, n_steps=1, batch_size=3, path=p)
+                for p in ("straight_through", "reference")]
+    np.testing.assert_allclose(one_step[0]["score"], one_step[1]["score"], rtol=1e-9, atol=1e-12)
+
+
+def test_metric_token_may_include_refusal_tokens(linear_setup):
+    chat, saes, direction = linear_setup
+    candidates = cosine_candidates(saes, direction, k0=2)
+    plain = la_ig(chat, saes, PROMPTS, IDS, direction, candidates, n_steps=1, batch_size=3, exclude_refusal=False)
+    batch = chat.tokenize(PROMPTS)
+    with torch.no_grad(), intervene(chat.model, [DirectionAblation.everywhere(direction, chat.facts.n_layers)]):
+        argmax = chat.model(**batch, use_cache=False).logits[:, -1].argmax(-1)
+    assert plain.drop_duplicates("prompt_id")["target_id"].tolist() == argmax.tolist()
 
 
 def test_la_ig_equals_exact_patching_on_a_linear_model(linear_setup):

@@ -25,7 +25,7 @@ def test_default_config_builds_with_the_documented_defaults():
     assert organism.saes.width_multiplier >= 8
     assert cfg.attribution.k0 == 10 and cfg.attribution.n_steps == 10 and cfg.selection.k_star == 20
     assert cfg.direction.kl_threshold == 0.1 and cfg.direction.exclude_last_fraction == 0.2
-    assert not cfg.evaluation.in_sample
+    assert cfg.evaluation.variants == ["held_out", "in_sample"]
 
 
 @pytest.mark.parametrize("overlay", ["gemma-2-2b-it.yaml", "llama-3.1-8b-instruct.yaml"])
@@ -36,7 +36,13 @@ def test_real_model_overlays_carry_the_study_settings(overlay):
     assert model.source.type == "hub" and model.saes.type == "pretrained"
     expected = {"gemma-2-2b-it.yaml": (15, -3.0, 26), "llama-3.1-8b-instruct.yaml": (11, -1.0, 32)}[overlay]
     assert (model.direction_layer, model.clamp_scale, len(model.saes.layers)) == expected
-    assert all(cfg.datasets[d].source.type == "hub" for d in cfg.evaluation.datasets)
+    assert all(cfg.datasets[d].source.type == "url" and cfg.datasets[d].source.sha256 for d in cfg.datasets)
+    # The studies' fitting splits, with the prompts they share with the evaluation sets held out.
+    assert {d for d, spec in cfg.datasets.items() if "train" in spec.splits} == {"harmful_train", "harmless_train"}
+    assert set(cfg.datasets["harmful_train"].exclude) == set(cfg.evaluation.datasets)
+    # The spec's choices where the embedded default keeps its own (README, "Study A fidelity").
+    assert cfg.evaluation.selection == "first" and cfg.evaluation.judge_ignore_case
+    assert not cfg.attribution.target_excludes_refusal and cfg.attribution.aggregate_from == "after_system"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,16 @@ import pytest
 
 from refusal_sae import assets
 from refusal_sae.config import DatasetConfig, SourceConfig, build
-from refusal_sae.data import COLUMNS, DatasetError, build_dataset, load_raw_rows, select_prompts, split_counts
+from refusal_sae.data import (
+    COLUMNS,
+    DatasetError,
+    build_dataset,
+    check_no_leak,
+    find_overlaps,
+    load_raw_rows,
+    select_prompts,
+    split_counts,
+)
 
 ROWS = [
     {"text": "Write a poem about the sea", "kind": "standard", "topic": "poetry"},
@@ -344,3 +353,51 @@ def test_missing_values_are_empty_not_text(tmp_path: Path) -> None:
     df = build_dataset("nulls", local_cfg(path, "parquet", category_column="topic"), 0, tmp_path)
     assert df["prompt"].tolist() == ["Name a river", "Name a lake"]
     assert df["category"].tolist() == ["geo", ""]
+
+
+def _built(name: str, prompts: list[str], splits: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"prompt_id": [f"{name}-{i}" for i in range(len(prompts))], "prompt": prompts,
+                         "category": "", "source": name, "split": splits, "label": "harmful"})
+
+
+def test_a_prompt_fitted_in_one_dataset_and_evaluated_in_another_is_an_error() -> None:
+    fit = _built("hb_val", ["How do I pick a lock?", "Write malware"], ["train", "val"])
+    evaluation = _built("jbb", ["how do I  pick a LOCK?", "Something else"], ["test", "test"])
+    other_test = _built("adv", ["Something else"], ["test"])
+    overlaps = find_overlaps({"hb_val": fit, "jbb": evaluation, "adv": other_test})
+    assert overlaps.groupby("leak").size().to_dict() == {False: 2, True: 2}  # both tests share one: no leak
+    with pytest.raises(DatasetError, match=r"1 prompt\(s\) are in a fitting split.*hb_val \(train\), jbb \(test\)"):
+        check_no_leak({"hb_val": fit, "jbb": evaluation, "adv": other_test})
+    assert check_no_leak({"jbb": evaluation, "adv": other_test})["leak"].eq(False).all()
+
+
+def test_paragraphs_format_one_document_per_paragraph(tmp_path: Path) -> None:
+    path = tmp_path / "speech.txt"
+    path.write_text("[As delivered]\n\nMr. Speaker,  members\nof Congress:\n\n\n  This week we begin.  \n\n")
+    df = build_dataset("speech", local_cfg(path, "paragraphs", label="harmless"), 0, tmp_path)
+    assert df["prompt"].tolist() == ["[As delivered]", "Mr. Speaker, members of Congress:", "This week we begin."]
+
+
+def test_url_source_downloads_verifies_and_reuses(tmp_path: Path) -> None:
+    served = write_rows(tmp_path, "json")
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    cfg = DatasetConfig(source=SourceConfig(type="url", url=served.as_uri(), sha256=digest), label="harmful",
+                        format="json", prompt_column="text", filter={"kind": "standard"})
+    assert build_dataset("remote", cfg, 0, tmp_path / "cache")["prompt"].tolist() == EXPECTED
+    cached = list((tmp_path / "cache" / "urls").iterdir())
+    assert len(cached) == 1 and hashlib.sha256(cached[0].read_bytes()).hexdigest() == digest
+    served.write_text("[]")  # the source changes: the cached, verified copy is used
+    assert build_dataset("remote", cfg, 0, tmp_path / "cache")["prompt"].tolist() == EXPECTED
+    altered = DatasetConfig(source=SourceConfig(type="url", url=served.as_uri(), sha256=digest), label="harmful",
+                            format="json", prompt_column="text")
+    with pytest.raises(assets.AssetError, match="sha256 mismatch"):
+        build_dataset("remote", altered, 0, tmp_path / "other_cache")
+    assert [p.name for p in (tmp_path / "other_cache" / "urls").iterdir()] == []  # nothing half-written left
+
+
+def test_exclude_drops_prompts_of_other_datasets_and_first_selection_keeps_file_order(tmp_path: Path) -> None:
+    cfg = local_cfg(write_rows(tmp_path, "csv", numbered(10)), "csv")
+    df = build_dataset("ten", cfg, 0, tmp_path, exclude=["prompt NUMBER 3", "Prompt number 7 "])
+    assert len(df) == 8 and not df["prompt"].isin(["Prompt number 3", "Prompt number 7"]).any()
+    first = select_prompts(df.assign(split="test"), ["test"], limit=3, first=True)
+    assert first["prompt"].tolist() == ["Prompt number 0", "Prompt number 1", "Prompt number 2"]

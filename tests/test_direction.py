@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny import make_tiny_chat_model
@@ -16,6 +18,7 @@ from refusal_sae.direction import (
     mean_activations,
     pinned_direction,
     score_candidates,
+    select_direction,
 )
 from refusal_sae.interventions import DirectionAblation
 from refusal_sae.scoring import refusal_scores
@@ -121,8 +124,9 @@ def test_filters_pinning_and_errors(planted):
     relaxed = score_candidates(chat, candidates, HARMFUL[6:], HARMLESS[6:], kl_threshold=-1.0,
                                when_all_filtered="relax_kl", relax_min_candidates=2)
     valid = relaxed[(relaxed["reason"] != "late_layer") & (relaxed["steering_score"] >= 0)]
+    removing = valid[valid["ablation_score"] < 0]
     bound = relaxed["kl_threshold_used"].iloc[0]
-    assert bound == sorted(valid["kl"])[1]  # just enough for 2 candidates
+    assert bound == sorted((removing if len(removing) else valid)["kl"])[min(2, max(len(removing), 1)) - 1]
     chosen = relaxed.loc[relaxed["chosen"]].iloc[0]
     assert chosen["kl"] <= bound
     assert chosen["ablation_score"] == valid.loc[valid["kl"] <= bound, "ablation_score"].min()
@@ -151,3 +155,31 @@ def test_mean_activations_is_the_padded_mean_of_resid_post(tiny_chat):
     last = tiny_chat.facts.n_layers - 1
     torch.testing.assert_close(batched[:last], expected[:last], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batched, mean_activations(tiny_chat, prompts, n_pos, batch_size=3), rtol=1e-4, atol=1e-5)
+
+
+def _scored(rows: list[tuple[int, float, float, float]]) -> pd.DataFrame:
+    """A scored candidate frame from (layer, ablation_score, steering_score, kl) rows, all over a 0.1 KL bound."""
+    frame = pd.DataFrame([
+        {"layer": layer, "position": -1, "vector": np.zeros(2, dtype=np.float32), "ablation_score": ablation,
+         "steering_score": steering, "kl": kl, "reason": "kl" if kl > 0.1 else ""}
+        for layer, ablation, steering, kl in rows
+    ])
+    frame["filtered"] = frame["reason"] != ""
+    frame["chosen"] = False
+    frame["kl_threshold_used"] = 0.1
+    return frame
+
+
+def test_relaxed_bound_follows_the_candidates_that_remove_refusal():
+    # Layer 1 has the lowest KL but leaves refusal in place (ablation score +2); layers 2 and 3 remove it.
+    frame = _scored([(1, 2.0, 1.0, 0.15), (2, -3.0, 1.0, 0.30), (3, -1.0, 1.0, 0.25), (4, -5.0, -1.0, 0.2)])
+    chosen = select_direction(frame, "relax_kl", relax_min_candidates=1)
+    assert chosen["kl_threshold_used"].iloc[0] == 0.25  # just enough for the first refusal-removing one
+    assert chosen.loc[chosen["chosen"], "layer"].item() == 3  # lowest ablation score under 0.25 (layer 4: steering < 0)
+    wider = select_direction(frame, "relax_kl", relax_min_candidates=2)
+    assert wider["kl_threshold_used"].iloc[0] == 0.30 and wider.loc[wider["chosen"], "layer"].item() == 2
+    # Nothing removes refusal: the bound follows every valid candidate.
+    stubborn = select_direction(_scored([(1, 2.0, 1.0, 0.15), (2, 1.0, 1.0, 0.30)]), "relax_kl", 1)
+    assert stubborn["kl_threshold_used"].iloc[0] == 0.15 and stubborn.loc[stubborn["chosen"], "layer"].item() == 1
+    with pytest.raises(NoDirectionError):
+        select_direction(frame, "error")

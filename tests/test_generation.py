@@ -7,10 +7,11 @@ import pytest
 import torch
 from tiny import make_tiny_sae
 
-from refusal_sae.generation import generate, generate_sharded, prompt_lengths
+from refusal_sae.generation import generate, generate_scored, generate_sharded, prompt_lengths
 from refusal_sae.interventions import ActivationAddition, FeatureEdit, PositionMask, rows_of
 from refusal_sae.io import read_parquet
 from refusal_sae.models import greedy_generate
+from refusal_sae.scoring import refusal_scores
 
 # Different lengths, deliberately not sorted, so length sorting reorders them.
 PROMPTS = [
@@ -46,6 +47,18 @@ def test_generate_without_edits_matches_greedy_generate(tiny_chat):
     # Sorting really reorders this input (otherwise the test would not cover the un-permutation).
     lengths = prompt_lengths(tiny_chat, PROMPTS)
     assert lengths != sorted(lengths, reverse=True)
+
+
+def test_first_token_refusal_score_is_the_prefill_score_under_the_same_edits(tiny_chat):
+    last = tiny_chat.facts.n_layers - 1
+    (token,) = self_predicting_tokens(tiny_chat, 1)
+    edit = ActivationAddition(unembedding(tiny_chat)[token], layer=last, alpha=0.05 * HUGE)
+    for edits in ((), [edit]):
+        texts, scores = generate_scored(tiny_chat, PROMPTS, edits, max_new_tokens=3, batch_size=2, progress=False)
+        expected, _ = refusal_scores(tiny_chat, PROMPTS, edits)
+        torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+        assert texts == generate(tiny_chat, PROMPTS, edits, max_new_tokens=3, batch_size=2, progress=False)
+    assert not torch.allclose(scores, refusal_scores(tiny_chat, PROMPTS)[0])  # the edit moved them
 
 
 def test_activation_addition_on_all_positions_forces_every_token(tiny_chat):

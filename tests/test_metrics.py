@@ -13,6 +13,9 @@ from refusal_sae.interventions import DirectionAblation, intervene
 from refusal_sae.metrics import (
     first_token_kl,
     masked_cross_entropy,
+    mcnemar_exact,
+    paired_bootstrap,
+    paired_rows,
     rate_row,
     response_loss_inputs,
     text_loss_inputs,
@@ -126,3 +129,38 @@ def test_row_with_nothing_scored_is_nan(tiny_chat):
     inputs = response_loss_inputs(tiny_chat, ["hi", "hi"], ["", "Sure"])
     ce = masked_cross_entropy(tiny_chat, *inputs)
     assert math.isnan(ce[0].item()) and math.isfinite(ce[1].item())
+
+
+def test_mcnemar_exact_matches_the_binomial_tail():
+    # 10 prompts jailbroken by the first method only, 2 by the second only, 20 by both or neither.
+    first = [True] * 10 + [False] * 2 + [True] * 12 + [False] * 8
+    second = [False] * 10 + [True] * 2 + [True] * 12 + [False] * 8
+    only_first, only_second, p = mcnemar_exact(first, second)
+    assert (only_first, only_second) == (10, 2)
+    # Two-sided exact: 2 * P[Bin(12, 1/2) <= 2] = 2 * (1 + 12 + 66) / 4096
+    assert p == pytest.approx(2 * 79 / 4096)
+    assert mcnemar_exact([True, False], [True, False]) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_paired_bootstrap_interval_covers_a_planted_shift_and_excludes_zero():
+    rng = torch.Generator().manual_seed(0)
+    base = torch.randn(200, generator=rng)
+    shifted = base + 0.5 + 0.1 * torch.randn(200, generator=rng)  # paired: the per-prompt noise cancels
+    diff, low, high = paired_bootstrap(shifted.tolist(), base.tolist(), seed=1)
+    assert low < 0.5 < high and low > 0.45 and high < 0.55
+    assert diff == pytest.approx(float((shifted - base).mean()))
+    # Identical paired values: no difference and a zero-width interval.
+    _, low_same, high_same = paired_bootstrap(base.tolist(), base.tolist())
+    assert low_same == high_same == 0.0
+
+
+def test_paired_rows_report_differences_p_values_and_sign():
+    ours = [True] * 30 + [False] * 2
+    other = [True] * 10 + [False] * 22
+    rows = paired_rows("ours_global", "cossim", "d", ours, other, [-3.0] * 32, [1.0] * 32, judge="substring")
+    rate, logodds = rows
+    assert rate["metric"] == "jailbreak_rate_diff" and rate["value"] == pytest.approx(20 / 32)
+    assert rate["ci_low"] > 0 and rate["p_value"] < 1e-4 and (rate["first_only"], rate["second_only"]) == (20, 0)
+    assert logodds["value"] == pytest.approx(-4.0) and logodds["p_value"] < 1e-4 and logodds["judge"] == "substring"

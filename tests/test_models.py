@@ -153,3 +153,24 @@ def test_smollm2_gguf_converts_to_an_equivalent_hf_directory(tmp_path: Path) -> 
     text = greedy_generate(from_gguf, prompts, 20)
     assert text == greedy_generate(from_hf, prompts, 20)
     assert "Paris" in text[0]
+
+
+GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_system_length_separates_the_system_block_from_the_user_header(tiny_chat: ChatModel) -> None:
+    tok = tiny_chat.tokenizer
+    facts = tiny_chat.facts
+    ids = tok(tiny_chat.render(["hello there"])[0], add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[: facts.system_length]) == "<|im_start|>system\nYou are a tiny test model<|im_end|>\n"
+    assert tok.decode(ids[facts.system_length: facts.prefix_length]) == "<|im_start|>user\n"
+    # A template with no system block: only BOS comes before the user header.
+    tok.chat_template, saved = GEMMA_STYLE_TEMPLATE, tok.chat_template
+    try:
+        facts = derive_facts(tiny_chat.model, tok, ["I"])
+    finally:
+        tok.chat_template = saved
+    assert facts.system_length == 1 and facts.prefix_length > 1

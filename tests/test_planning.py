@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from refusal_sae.methods import ALL_METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"dataset", "baseline", "direction_prompts", "direction", "cosine_candidates", "attribution",
           "ap_attribution", "faithfulness", "feature_sets", "generate", "judge", "induction", "capability",
@@ -40,7 +42,9 @@ def test_real_model_overlay_plans_the_whole_dag(overlay, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rules = planned_rules(result.stdout + result.stderr)
     assert STAGES <= set(rules), set(rules)
-    assert rules["generate"] == 3 * 8 + 1  # 3 harmful datasets x 8 methods + base on harmless
+    assert rules["generate"] == 3 * len(ALL_METHODS) + 1  # 3 harmful datasets x every method + base on harmless
+    assert rules["in_sample_generate"] == 3 * (len(ALL_METHODS) - 1)  # in sample: the same but base
+    assert rules["dataset"] == 8 and rules["in_sample_direction"] == 3
     assert "organism" not in rules and "train_sae" not in rules  # pretrained SAEs, hub model
 
 

@@ -13,7 +13,7 @@ import yaml
 from tiny_workflow import HARMFUL_WORDS, ROLE_VERBS, _prompts, run_workflow
 
 from refusal_sae.config import EvaluationConfig
-from refusal_sae.methods import ALL_METHODS, FEATURE_SET_METHODS
+from refusal_sae.methods import ACTIVATION_ADDITION, ALL_METHODS, FEATURE_SET_METHODS, PER_PROMPT_METHODS
 
 ORGANISM = "tiny-organism"
 UPSTREAM = {"dataset", "prepare_model", "organism", "sae_corpus", "sae_activations", "train_sae", "sae_quality",
@@ -58,11 +58,12 @@ def test_adding_a_test_only_dataset_plans_exactly_its_jobs(finished_run, config)
     jobs = planned_jobs(finished_run, config)
     n_methods = len(ALL_METHODS)
     assert by_rule(jobs) == Counter({
-        "dataset": 1, "baseline": 2, "baseline_metrics": 2, "baseline_report": 1,  # both models' baselines
-        "attribution": 1, "prompt_feature_set": 1, "generate": n_methods, "judge": n_methods,
-        "evaluation_metrics": 1, "summary": 1, "all": 1,
+        "dataset": 1, "dataset_overlap": 1, "baseline": 2, "baseline_metrics": 2, "baseline_report": 1,
+        "attribution": 1, "ap_prompt_attribution": 1, "prompt_feature_set": len(PER_PROMPT_METHODS),
+        "generate": n_methods, "judge": n_methods, "evaluation_metrics": 1, "summary": 1, "all": 1,
     })
-    per_dataset = {"dataset", "baseline", "attribution", "prompt_feature_set", "generate", "judge"}
+    per_dataset = {"dataset", "baseline", "attribution", "ap_prompt_attribution", "prompt_feature_set", "generate",
+                   "judge"}
     assert all(w.get("dataset", w.get("attr_set")) == "extra" for rule, w in jobs if rule in per_dataset)
 
 
@@ -89,6 +90,6 @@ def test_an_attribution_setting_plans_no_upstream_job(finished_run, config):
     config["attribution"]["n_steps"] += 1
     rules = by_rule(planned_jobs(finished_run, config))
     assert not UPSTREAM & set(rules), UPSTREAM & set(rules)
-    assert rules["attribution"] == 2 and rules["feature_sets"] == 1
+    assert rules["attribution"] == 2 and rules["feature_sets"] == 1 and rules["ap_prompt_attribution"] == 1
     assert rules["generate"] == len(FEATURE_SET_METHODS)
-    assert rules["induction"] == len(EvaluationConfig().induction_methods)
+    assert rules["induction"] == len(set(EvaluationConfig().induction_methods) - {ACTIVATION_ADDITION})

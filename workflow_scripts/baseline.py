@@ -24,6 +24,6 @@ frame = pd.DataFrame({
     "first_token": chat.tokenizer.convert_ids_to_tokens(first.tolist()),
     "first_token_refusal": [int(t) in chat.facts.refusal_token_ids for t in first.tolist()],
     "completion": completions,
-    "refused": substring_judge(completions),
+    "refused": substring_judge(completions, cfg.evaluation.judge_ignore_case),
 })
 write_parquet(frame, smk.output[0], {"model": smk.wildcards.model, "baseline": smk.config.get("baseline", {})})

@@ -1,7 +1,6 @@
-"""Entry script: capability cost per method on harmless prompts: CE of the model's own (unedited)
-responses, CE of the same responses as plain text, and first-token KL (METHOD.md section 7)."""
-from pathlib import Path
-
+"""Entry script: capability cost per method on harmless prompts (METHOD.md section 7): cross-entropy of
+the unedited model's own answers (on-policy, response tokens only), cross-entropy of a generic-text
+corpus, and first-token KL."""
 import pandas as pd
 
 from refusal_sae.io import read_parquet, write_parquet
@@ -18,18 +17,22 @@ spec, chat, saes, direction = stage.spec, stage.chat, stage.saes, stage.directio
 responses = read_parquet(smk.input.responses)
 prompts = read_parquet(smk.input.dataset).set_index("prompt_id").loc[responses["prompt_id"], "prompt"].tolist()
 ids, answers = responses["prompt_id"].tolist(), responses["completion"].tolist()
-# The same tokens are scored under every method: the unedited model's own answers.
-on_policy = response_loss_inputs(chat, prompts, answers)
-plain_text = text_loss_inputs(chat, answers)
-sets = {Path(p).stem: read_parquet(p) for p in smk.input.features}
+# The same tokens are scored under every method: the unedited model's own answers, and the generic text.
+scored = {"ce_on_policy_response": response_loss_inputs(chat, prompts, answers)}
+if smk.input.get("generic"):
+    documents = read_parquet(smk.input.generic)["prompt"].head(cfg.evaluation.generic_documents).tolist()
+    scored["ce_generic_text"] = text_loss_inputs(chat, documents, cfg.evaluation.generic_max_tokens)
+sets = {p.rsplit("/", 1)[1].removesuffix(".parquet"): read_parquet(p) for p in smk.input.features}
 batch = cfg.evaluation.batch_size
 reference = last_position_logits(chat, prompts, (), batch)
 rows = []
+dataset = cfg.evaluation.harmless_dataset
 for method in [BASE, DIRECTION_ABLATION, *sets]:
     edits = method_edits(method, ids, chat.facts.n_layers, direction, saes, sets.get(method), "scale", spec.clamp_scale)
-    dataset = cfg.evaluation.harmless_dataset
-    rows.append(mean_row(method, dataset, "ce_on_policy_response", masked_cross_entropy(chat, *on_policy, edits=edits, batch_size=batch)))
-    rows.append(mean_row(method, dataset, "ce_plain_text", masked_cross_entropy(chat, *plain_text, edits=edits, batch_size=batch)))
+    for metric, inputs in scored.items():
+        # Generic documents are not prompts: per-prompt sets never reach this (global sets only).
+        rows.append(mean_row(method, dataset, metric, masked_cross_entropy(chat, *inputs, edits=edits, batch_size=batch)))
     kl = first_token_kl(reference, last_position_logits(chat, prompts, edits, batch))
     rows.append(mean_row(method, dataset, "first_token_kl", kl))
-write_parquet(pd.DataFrame(rows), smk.output[0], {"clamp_scale": spec.clamp_scale})
+write_parquet(pd.DataFrame(rows), smk.output[0], {"clamp_scale": spec.clamp_scale,
+                                                  "generic_text": cfg.evaluation.generic_text})

@@ -33,6 +33,7 @@ try:
         chat, candidates, subset("harmful", "val"), subset("harmless", "val"), cfg.direction.kl_threshold,
         cfg.direction.exclude_last_fraction, cfg.direction.batch_size, pinned=pinned,
         when_all_filtered=cfg.direction.when_all_filtered, relax_min_candidates=cfg.direction.relax_min_candidates,
+        refusal_removed_below=cfg.direction.refusal_removed_below,
     )
 except NoDirectionError as error:
     # Keep the scores for diagnosis; the rule still fails (Snakemake removes declared outputs).

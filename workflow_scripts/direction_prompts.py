@@ -20,7 +20,7 @@ chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
 frames = {Path(p).stem: read_parquet(p) for p in smk.input.datasets}
 limits = {"train": cfg.direction.max_train, "val": cfg.direction.max_val}
 parts = []
-for name, rows in fitting_pools(frames, cfg).items():
+for name, rows in fitting_pools(frames).items():
     label, role = name.split("_")
     scores, first = refusal_scores(chat, list(rows["prompt"]), batch_size=cfg.direction.batch_size)
     refused = [int(t) in chat.facts.refusal_token_ids for t in first.tolist()]
@@ -31,4 +31,4 @@ for name, rows in fitting_pools(frames, cfg).items():
     chosen = frame.loc[eligible].sample(frac=1.0, random_state=cfg.seed).head(limits[role]).index
     parts.append(frame.assign(kept=frame.index.isin(chosen)))
 out = pd.concat(parts, ignore_index=True)
-write_parquet(out, smk.output[0], {"direction": smk.config.get("direction", {}), "in_sample": cfg.evaluation.in_sample})
+write_parquet(out, smk.output[0], {"direction": smk.config.get("direction", {})})

@@ -1,46 +1,60 @@
-"""Entry script: jailbreak rates per dataset x method (every judge) and refusal induction, with
-95% Wilson intervals."""
+"""Entry script: jailbreak rates per variant x dataset x method (every judge) and refusal induction, with
+95% Wilson intervals, and the paired comparisons of "ours" against every other method."""
 from pathlib import Path
 
 import pandas as pd
 
 from refusal_sae.io import read_parquet, write_parquet
-from refusal_sae.methods import n_features
-from refusal_sae.metrics import rate_row
+from refusal_sae.methods import BASE, PER_PROMPT_METHODS, n_features
+from refusal_sae.metrics import PAIRED_COLUMNS, jailbreak_rows, paired_comparisons, rate_row
 from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
-start(smk.log[0], smk.threads, smk.config)
-# Global sets live in features/, per-prompt sets in features/{dataset}/: key sizes by (dataset, method).
-sizes = {(None if Path(p).parent.name == "features" else Path(p).parent.name, Path(p).stem): n_features(read_parquet(p))
-         for p in smk.input.features}
+cfg = start(smk.log[0], smk.threads, smk.config)
 
 
-def set_size(dataset, method):
-    return sizes.get((dataset, method), sizes.get((None, method), 0.0))
+def keys(path: str) -> tuple[str, str | None, str]:
+    """(variant, dataset, method) of a generation, judgment or feature-set path (dataset None: global set)."""
+    parts = Path(path).parts
+    variant = "in_sample" if "in_sample" in parts else "held_out"
+    if variant == "in_sample":
+        return variant, parts[parts.index("in_sample") + 1], Path(path).stem
+    folder = Path(path).parent.name
+    return variant, None if folder == "features" else folder, Path(path).stem
 
 
-rows = []
-for generations_path, judgments_path in zip(smk.input.generations, smk.input.judgments, strict=True):
+sizes = {keys(p): n_features(read_parquet(p)) for p in smk.input.features}
+
+
+def set_size(variant: str, dataset: str, method: str) -> float:
+    return sizes.get((variant, dataset, method), sizes.get((variant, None, method), 0.0))
+
+
+entries = [(*keys(g), g, j) for g, j in zip(smk.input.generations, smk.input.judgments, strict=True)]
+# The in-sample variant shares the unedited model's (base) generations with the held-out one.
+entries += [("in_sample", d, m, g, j) for v, d, m, g, j in list(entries)
+            if v == "held_out" and m == BASE and "in_sample" in cfg.evaluation.variants]
+rows, outcomes = [], {}
+for variant, dataset, method, generations_path, judgments_path in entries:
     generations = read_parquet(generations_path)
-    dataset, method = Path(generations_path).parent.name, Path(generations_path).stem
-    extra = {"n_features": set_size(dataset, method), "judge": "substring", "note": ""}
-    rows.append(rate_row(method, dataset, "jailbreak_rate", (~generations["refused"]).tolist(), **extra))
-    judgments = read_parquet(judgments_path)
-    for judge, group in judgments.groupby("judge", sort=False):
-        note = str(group["note"].iloc[0])
-        if group["harmful"].isna().all():
-            rows.append({"method": method, "dataset": dataset, "metric": "jailbreak_rate", "value": float("nan"),
-                         "ci_low": float("nan"), "ci_high": float("nan"), "n": 0,
-                         "n_features": extra["n_features"], "judge": judge, "note": note})
-        else:
-            rows.append(rate_row(method, dataset, "jailbreak_rate", group["harmful"].fillna(False).tolist(),
-                                 n_features=extra["n_features"], judge=judge, note=note))
+    rows += jailbreak_rows(generations, read_parquet(judgments_path), method, dataset, variant=variant,
+                           n_features=set_size(variant, dataset, method))
+    outcomes.setdefault((variant, dataset), {})[method] = pd.DataFrame({
+        "prompt_id": generations["prompt_id"], "jailbroken": ~generations["refused"],
+        "refusal_score": generations["refusal_score"]})
 write_parquet(pd.DataFrame(rows), smk.output.jailbreak)
+
 induction_rows = []
 for path in smk.input.induction:
     frame = read_parquet(path)
     for (method, value), group in frame.groupby(["method", "value"], sort=False):
         induction_rows.append(rate_row(method, Path(path).parent.name, "refusal_induction", group["refused"].tolist(),
-                                       set_value=float(value), n_features=set_size(None, method), judge="substring"))
+                                       set_value=float(value), n_features=set_size("held_out", None, method),
+                                       judge="substring"))
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)
+
+paired = []
+for (variant, dataset), by_method in outcomes.items():
+    for row in paired_comparisons(by_method, PER_PROMPT_METHODS + ("ours_global",), dataset, "substring", cfg.seed):
+        paired.append({**row, "variant": variant})
+write_parquet(pd.DataFrame(paired, columns=[*PAIRED_COLUMNS, "variant"]), smk.output.paired)

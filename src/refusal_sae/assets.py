@@ -109,3 +109,25 @@ def copy_verified(src: str | os.PathLike, dest: str | os.PathLike, sha256: str |
     os.close(fd)
     shutil.copyfile(src, tmp)
     return _verify_and_move(Path(tmp), dest, sha256, str(src))
+
+
+def fetch_url(url: str, dest: str | os.PathLike, sha256: str) -> Path:
+    """Download ``url`` to ``dest`` (reused when already there with the right sha256), checking ``sha256``.
+
+    The file goes to a temporary name first and is moved into place only after the checksum matches,
+    so a broken or altered download never sits at ``dest``.
+    """
+    import urllib.request
+
+    dest = Path(dest)
+    if dest.is_file() and sha256_of(dest) == sha256.lower():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=120) as response:
+            shutil.copyfileobj(response, out)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise AssetError(f"{url}: download failed ({exc})") from exc
+    return _verify_and_move(Path(tmp), dest, sha256, url)

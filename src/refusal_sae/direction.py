@@ -112,12 +112,15 @@ def score_candidates(
     pinned: tuple[int, int] | None = None,
     when_all_filtered: str = "error",
     relax_min_candidates: int = 5,
+    refusal_removed_below: float = 0.0,
 ) -> pd.DataFrame:
     """Score candidate directions and choose one (Arditi et al. selection, METHOD.md section 2).
 
     ``when_all_filtered``: ``error`` (raise :class:`NoDirectionError`, which carries the scored frame)
-    or ``relax_kl`` (raise the KL bound to the ``relax_min_candidates``-th smallest KL among
-    non-late candidates with steering >= 0, recorded per row as ``kl_threshold_used``).
+    or ``relax_kl``: raise the KL bound to the ``relax_min_candidates``-th smallest KL among the
+    non-late candidates with steering >= 0 that remove refusal (ablation score below
+    ``refusal_removed_below``; all of them if none does), recorded per row as ``kl_threshold_used``,
+    and choose the lowest ablation score among the candidates under it.
 
     ``candidates``: ``[n_layers, n_positions, d]`` from :func:`candidate_directions`. ``layers``
     restricts which layers are considered (default: all). Layers in the excluded last fraction are
@@ -176,13 +179,31 @@ def score_candidates(
     if pinned is not None:
         frame.loc[0, "chosen"] = True
         return frame[[*DIRECTION_COLUMNS, "kl_threshold_used"]]
+    return select_direction(frame, when_all_filtered, relax_min_candidates, refusal_removed_below)
+
+
+def select_direction(
+    frame: pd.DataFrame, when_all_filtered: str = "error", relax_min_candidates: int = 5,
+    refusal_removed_below: float = 0.0,
+) -> pd.DataFrame:
+    """Mark the chosen candidate of a scored frame (``reason``, ``filtered``, ``kl_threshold_used`` set).
+
+    The lowest ablation score among unfiltered candidates wins. When every candidate is filtered,
+    ``relax_kl`` raises the KL bound only as far as needed for ``relax_min_candidates`` candidates that
+    remove refusal (non-late, steering >= 0, ablation score below ``refusal_removed_below``) to pass,
+    then chooses the lowest ablation score among all non-late, steering >= 0 candidates under that
+    bound: the bound follows the candidates that do the job, so the choice never reduces to "lowest
+    KL". If none removes refusal, the bound follows all of them. ``error`` raises
+    :class:`NoDirectionError` (carrying the frame).
+    """
+    frame = frame.copy()
     kept = frame[~frame["filtered"]]
     if kept.empty and when_all_filtered == "relax_kl":
-        # Raise the KL bound just enough that `relax_min_candidates` otherwise-valid candidates pass,
-        # so the choice still prefers directions that disturb harmless prompts least.
         valid = frame[(frame["reason"] != "late_layer") & (frame["steering_score"] >= 0)]
-        if not valid.empty:
-            relaxed = float(np.sort(valid["kl"].to_numpy())[min(relax_min_candidates, len(valid)) - 1])
+        removing = valid[valid["ablation_score"] < refusal_removed_below]
+        pool = removing if not removing.empty else valid
+        if not pool.empty:
+            relaxed = float(np.sort(pool["kl"].to_numpy())[min(relax_min_candidates, len(pool)) - 1])
             frame["kl_threshold_used"] = relaxed
             kept = valid[valid["kl"] <= relaxed]
     if kept.empty:
@@ -203,3 +224,29 @@ def chosen_direction(frame: pd.DataFrame) -> Tensor:
     if len(chosen) != 1:
         raise ValueError(f"expected exactly one chosen direction, found {len(chosen)}")
     return torch.tensor(np.asarray(chosen["vector"].iloc[0], dtype=np.float32))
+
+
+def fit_pinned_direction(
+    chat: ChatModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    layer: int,
+    position: int,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """The difference of means at one ``layer`` and (negative) ``position``, scored like a pinned candidate.
+
+    For the in-sample variant: the studies fitted the direction on the evaluation prompts themselves at a
+    fixed layer, so no selection runs; the scores (ablation on ``harmful_val``, steering and KL on
+    ``harmless_val``) are reported as for any chosen direction. Returns one row of ``DIRECTION_COLUMNS``
+    plus ``kl_threshold_used``.
+    """
+    if position >= 0:
+        raise ValueError(f"position {position}: must be negative (from the end)")
+    n_positions = -position
+    candidates = candidate_directions(
+        mean_activations(chat, harmful, n_positions, batch_size), mean_activations(chat, harmless, n_positions, batch_size)
+    )
+    return score_candidates(chat, candidates, harmful_val, harmless_val, batch_size=batch_size, pinned=(layer, position))

@@ -10,19 +10,22 @@ prompt paired with its own feature set even though batches are formed after sort
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .interventions import EditsForRows, ResidualEdit, edits_for_rows, intervene
 from .io import read_metadata, read_parquet, write_parquet
 from .models import ChatModel
+from .scoring import refusal_score_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +40,42 @@ def prompt_lengths(chat: ChatModel, prompts: Sequence[str]) -> list[int]:
     return [len(row) for row in ids]
 
 
+@contextlib.contextmanager
+def _first_logits(model: torch.nn.Module) -> Iterator[list[Tensor]]:
+    """Collects the unembedding's output at the last position of the first forward call (the prefill).
+
+    Read from the output layer itself rather than from generate's returned scores, which would keep
+    every step's full-vocabulary logits (gigabytes for a 256k vocabulary) or pass them through
+    logits processors first.
+    """
+    captured: list[Tensor] = []
+
+    def hook(module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+        if not captured:
+            captured.append(output[:, -1].detach().float().cpu())
+
+    handle = model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
-def generate(
+def generate_scored(
     chat: ChatModel,
     prompts: Sequence[str],
     edits: Sequence[ResidualEdit] | EditsForRows = (),
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool = True,
-) -> list[str]:
-    """Greedy completions of ``prompts`` under ``edits``, in input order, decoded without special tokens.
+) -> tuple[list[str], Tensor]:
+    """Greedy completions of ``prompts`` under ``edits`` and the refusal score of their first token.
+
+    Completions are in input order, decoded without special tokens. The score is
+    :func:`~refusal_sae.scoring.refusal_score_from_logits` of the first generation step's logits
+    (the prompt's last position, under the same edits): a continuous measure of how much the edited
+    model still leans towards refusing, read from the forward pass generation runs anyway.
 
     Prompts are batched longest first (less padding per batch, and an out-of-memory batch fails at
     once rather than at the end). A callable ``edits`` receives each batch's rows as a ``LongTensor``
@@ -59,21 +88,35 @@ def generate(
     # sorted() is stable, so equal-length prompts keep their input order (deterministic batches).
     order = sorted(range(n), key=lambda i: -lengths[i])
     out: list[str | None] = [None] * n
+    scores = torch.full((n,), float("nan"))
     pad_id = chat.tokenizer.pad_token_id
     with tqdm(total=n, desc="generate", unit="prompt", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
             rows = torch.tensor(index, dtype=torch.long)
             batch = chat.tokenize([prompts[i] for i in index])
-            with intervene(chat.model, edits_for_rows(edits, rows)):
+            with intervene(chat.model, edits_for_rows(edits, rows)), _first_logits(chat.model) as first:
                 generated = chat.model.generate(
                     **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
                 )
             new = generated[:, batch["input_ids"].shape[1]:]
+            scores[rows] = refusal_score_from_logits(first[0], chat.facts.refusal_token_ids)
             for i, text in zip(index, chat.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                 out[i] = text
             bar.update(len(index))
-    return [text if text is not None else "" for text in out]
+    return [text if text is not None else "" for text in out], scores
+
+
+def generate(
+    chat: ChatModel,
+    prompts: Sequence[str],
+    edits: Sequence[ResidualEdit] | EditsForRows = (),
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy completions of ``prompts`` under ``edits``, in input order (see :func:`generate_scored`)."""
+    return generate_scored(chat, prompts, edits, max_new_tokens, batch_size, progress)[0]
 
 
 def _shard_path(shard_dir: Path, number: int) -> Path:

@@ -279,6 +279,33 @@ class StraightThroughTarget:
         return out
 
 
+@dataclass
+class InterpolateTowards:
+    """``h_l <- (1 - alpha) h_l + alpha targets[l]`` with the gradient through ``h_l`` (scaled by ``1 - alpha``).
+
+    The path of the refusal-feature studies' integrated gradients: each SAE layer encodes the stream it
+    receives (already moved by the layers before it) and interpolates towards the patched run, so a
+    feature's effect through later layers is damped by their ``1 - alpha`` factors. Compare
+    :class:`StraightThroughTarget`, which holds every layer at its clean/patched interpolation and passes
+    gradients through undamped. Outputs are kept with ``retain_grad`` like there.
+    """
+
+    targets: Mapping[int, Tensor]
+    alpha: float
+    outputs: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return sorted(self.targets)
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        out = torch.lerp(hidden, self.targets[layer].to(hidden), self.alpha)
+        if out.requires_grad:
+            out.retain_grad()
+        self.outputs[layer] = out
+        return out
+
+
 RowIndex = slice | Tensor
 """Which input rows a batch holds: a slice, or (after length sorting) a 1-D LongTensor of indices."""
 

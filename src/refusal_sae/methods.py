@@ -8,17 +8,29 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from torch import Tensor
 
-from .interventions import DirectionAblation, EditsForRows, FeatureEdit, PositionMask, ResidualEdit, rows_of
+from .interventions import (
+    ActivationAddition,
+    DirectionAblation,
+    EditsForRows,
+    FeatureEdit,
+    PositionMask,
+    ResidualEdit,
+    rows_of,
+)
 from .selection import feature_set_to_edit_inputs
 
 BASE = "base"
 DIRECTION_ABLATION = "direction_ablation"
-PER_PROMPT_METHODS = ("ours_prompt",)
-"""Feature sets attributed on each evaluation prompt: one set per prompt, one file per dataset."""
+PER_PROMPT_METHODS = ("ours_prompt", "ap_prompt")
+"""Feature sets attributed on each evaluation prompt (LA-IG over the cosine candidates, AP over every
+latent): one set per prompt, one file per dataset."""
 GLOBAL_SET_METHODS = ("ours_global", "cossim", "actdiff", "ap", "random")
 """Feature sets fitted once per model and applied to every prompt."""
 FEATURE_SET_METHODS = (*PER_PROMPT_METHODS, *GLOBAL_SET_METHODS)
 ALL_METHODS = (BASE, DIRECTION_ABLATION, *FEATURE_SET_METHODS)
+ACTIVATION_ADDITION = "activation_addition"
+"""Refusal induction by adding the refusal direction at its layer (the dense counterpart of setting latents)."""
+INDUCTION_METHODS = (*GLOBAL_SET_METHODS, ACTIVATION_ADDITION)
 
 
 def feature_edit(
@@ -49,10 +61,19 @@ def method_edits(
     feature_set: pd.DataFrame | None = None,
     mode: str = "scale",
     value: float = -3.0,
+    direction_layer: int | None = None,
 ) -> Sequence[ResidualEdit] | EditsForRows:
-    """Edits for ``method`` on prompts ``prompt_ids`` (callable per batch rows for per-prompt sets)."""
+    """Edits for ``method`` on prompts ``prompt_ids`` (callable per batch rows for per-prompt sets).
+
+    ``activation_addition`` adds ``value`` times the (unnormalised) direction at ``direction_layer``, at
+    every position; feature-set methods apply ``mode`` with ``value`` to their latents.
+    """
     if method == BASE:
         return ()
+    if method == ACTIVATION_ADDITION:
+        if direction is None or direction_layer is None:
+            raise ValueError("activation_addition needs the refusal direction and its layer")
+        return [ActivationAddition(direction, direction_layer, value)]
     if method == DIRECTION_ABLATION:
         if direction is None:
             raise ValueError("direction_ablation needs the refusal direction")

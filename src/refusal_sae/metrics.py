@@ -9,10 +9,11 @@ KL is :func:`refusal_sae.scoring.first_token_kl`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,9 +23,15 @@ from .models import ChatModel, render_chat
 from .scoring import first_token_kl
 
 __all__ = [
+    "PAIRED_COLUMNS",
     "LossInputs",
     "first_token_kl",
+    "jailbreak_rows",
     "masked_cross_entropy",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "paired_comparisons",
+    "paired_rows",
     "rate_row",
     "response_loss_inputs",
     "text_loss_inputs",
@@ -193,3 +200,124 @@ def mean_row(method: str, dataset: str, metric: str, values: Sequence[float] | T
     half = Z_95 * float(array.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
     return {"method": method, "dataset": dataset, "metric": metric, "value": mean,
             "ci_low": mean - half, "ci_high": mean + half, "n": n, **extra}
+
+
+def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, int, float]:
+    """Exact two-sided McNemar test of paired binary outcomes on the same prompts.
+
+    Returns ``(first_only, second_only, p)``: the discordant counts (true under ``first`` only, under
+    ``second`` only) and the exact binomial p-value of their split under H0 (each discordant pair
+    equally likely either way); ``p = 1`` when there is no discordant pair.
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired outcomes must be two equal-length 1-D sequences, got {a.shape} and {b.shape}")
+    first_only, second_only = int((a & ~b).sum()), int((~a & b).sum())
+    discordant = first_only + second_only
+    p = binomtest(first_only, discordant, 0.5).pvalue if discordant else 1.0
+    return first_only, second_only, float(p)
+
+
+def paired_bootstrap(
+    first: Sequence[float], second: Sequence[float], n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean paired difference ``first - second`` over prompts and its 95% percentile bootstrap interval.
+
+    Prompts (pairs) are resampled with replacement, so the interval accounts for the pairing; NaN
+    pairs are dropped first. Returns ``(difference, ci_low, ci_high)`` (NaNs when no pair is left).
+    """
+    diff = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
+    if diff.ndim != 1:
+        raise ValueError("paired values must be 1-D sequences of equal length")
+    diff = diff[~np.isnan(diff)]
+    if diff.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(diff.mean()), float(low), float(high)
+
+
+def paired_rows(
+    method: str, baseline: str, dataset: str, jailbroken: Sequence[bool], baseline_jailbroken: Sequence[bool],
+    refusal_scores: Sequence[float], baseline_refusal_scores: Sequence[float], seed: int = 0, **extra: Any,
+) -> list[dict[str, Any]]:
+    """Two rows comparing ``method`` with ``baseline`` on the same prompts (aligned sequences).
+
+    ``jailbreak_rate_diff``: rate(method) - rate(baseline) with a paired bootstrap interval and the exact
+    McNemar p-value (``first_only`` / ``second_only`` = prompts jailbroken by one method only).
+    ``refusal_logodds_diff``: mean first-token refusal log-odds under the method minus under the
+    baseline (negative = the method lowers refusal more), a continuous measure that still separates
+    methods when both jailbreak every prompt, with a paired bootstrap interval and the Wilcoxon
+    signed-rank p-value.
+    """
+    from scipy.stats import wilcoxon
+
+    n = len(jailbroken)
+    if not n == len(baseline_jailbroken) == len(refusal_scores) == len(baseline_refusal_scores):
+        raise ValueError(f"{method} vs {baseline} on {dataset}: paired sequences differ in length")
+    base = {"method": method, "baseline": baseline, "dataset": dataset, "n": n, **extra}
+    diff, low, high = paired_bootstrap([float(x) for x in jailbroken], [float(x) for x in baseline_jailbroken],
+                                       seed=seed)
+    first_only, second_only, p = mcnemar_exact(jailbroken, baseline_jailbroken)
+    rows = [{**base, "metric": "jailbreak_rate_diff", "value": diff, "ci_low": low, "ci_high": high,
+             "p_value": p, "first_only": first_only, "second_only": second_only}]
+    diff, low, high = paired_bootstrap(refusal_scores, baseline_refusal_scores, seed=seed)
+    delta = np.asarray(refusal_scores, dtype=float) - np.asarray(baseline_refusal_scores, dtype=float)
+    delta = delta[~np.isnan(delta)]
+    p = float(wilcoxon(delta).pvalue) if np.any(delta != 0) else 1.0
+    rows.append({**base, "metric": "refusal_logodds_diff", "value": diff, "ci_low": low, "ci_high": high,
+                 "p_value": p, "first_only": int((delta < 0).sum()), "second_only": int((delta > 0).sum())})
+    return rows
+
+
+PAIRED_COLUMNS = ["method", "baseline", "dataset", "metric", "value", "ci_low", "ci_high", "n", "p_value",
+                  "first_only", "second_only", "judge"]
+
+
+def paired_comparisons(
+    outcomes: Mapping[str, pd.DataFrame], references: Sequence[str], dataset: str, judge: str, seed: int = 0,
+) -> list[dict[str, Any]]:
+    """:func:`paired_rows` for every reference method against every other method of one dataset.
+
+    ``outcomes[method]`` has one row per prompt: ``prompt_id``, ``jailbroken`` (bool) and
+    ``refusal_score``. Methods are paired on the prompts they share (all of them, for generations of
+    one dataset); a reference missing from ``outcomes`` is skipped.
+    """
+    rows = []
+    for reference in references:
+        if reference not in outcomes:
+            continue
+        ours = outcomes[reference].set_index("prompt_id")
+        for method, frame in outcomes.items():
+            if method == reference:
+                continue
+            other = frame.set_index("prompt_id")
+            shared = [pid for pid in ours.index if pid in other.index]
+            rows += paired_rows(
+                reference, method, dataset, ours.loc[shared, "jailbroken"].astype(bool).tolist(),
+                other.loc[shared, "jailbroken"].astype(bool).tolist(), ours.loc[shared, "refusal_score"].tolist(),
+                other.loc[shared, "refusal_score"].tolist(), seed=seed, judge=judge,
+            )
+    return rows
+
+
+def jailbreak_rows(
+    generations: pd.DataFrame, judgments: pd.DataFrame, method: str, dataset: str, **extra: Any
+) -> list[dict[str, Any]]:
+    """Jailbreak-rate rows of one generation artifact: the substring judge (its ``refused`` column) and
+    every model judge in ``judgments``; a judge whose verdicts are all missing (weights not available)
+    gets a row with ``n = 0`` and its reason in ``note``, never a silent substitute."""
+    rows = [rate_row(method, dataset, "jailbreak_rate", (~generations["refused"].astype(bool)).tolist(),
+                     judge="substring", note="", **extra)]
+    for judge, group in judgments.groupby("judge", sort=False):
+        note = str(group["note"].iloc[0])
+        if group["harmful"].isna().all():
+            rows.append({"method": method, "dataset": dataset, "metric": "jailbreak_rate", "value": math.nan,
+                         "ci_low": math.nan, "ci_high": math.nan, "n": 0, "judge": judge, "note": note, **extra})
+        else:
+            rows.append(rate_row(method, dataset, "jailbreak_rate", group["harmful"].fillna(False).tolist(),
+                                 judge=judge, note=note, **extra))
+    return rows

@@ -95,6 +95,9 @@ class ModelFacts:
     refusal_token_ids: tuple[int, ...]
     prefix_length: int
     """Template tokens before the user text (BOS, any system block, the user header)."""
+    system_length: int
+    """Template tokens before the user header: BOS and any fixed system block (METHOD.md section 4
+    averages attributions after these). Equals ``prefix_length`` when the template cannot say."""
     suffix_length: int
     """Post-instruction template tokens after the user text (end of turn, assistant header)."""
 
@@ -140,6 +143,33 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _user_header_length(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Tokens of a user turn's header (e.g. ``<|im_start|>user\\n``), read off a second user turn.
+
+    The second turn's text starts after the first exchange's tokens; what two different second
+    prompts share before they differ is that turn's header. ``None`` when the template renders the
+    conversation in a way that does not allow this (no multi-turn support, or a first exchange that
+    is not a prefix of the longer conversation).
+    """
+    def ids(messages: list[dict[str, str]], generation: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    exchange = [{"role": "user", "content": _PROBE_A}, {"role": "assistant", "content": _PROBE_B}]
+    try:
+        first = ids(exchange, False)
+        rests = []
+        for probe in (_PROBE_A, _PROBE_B):
+            both = ids([*exchange, {"role": "user", "content": probe}], True)
+            if both[: len(first)] != first:
+                return None
+            rests.append(both[len(first):])
+    except Exception:  # templates that reject a second turn; the caller falls back
+        return None
+    header = _common_prefix(*rests)
+    return header if 0 < header < min(len(r) for r in rests) else None
+
+
 def derive_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, refusal_tokens: Sequence[str]) -> ModelFacts:
     """Derive layer count, width, refusal token ids and template lengths from the model itself."""
     ids_a = tokenizer(render_chat(tokenizer, _PROBE_A), add_special_tokens=False)["input_ids"]
@@ -152,11 +182,13 @@ def derive_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ref
         if not ids:
             raise ValueError(f"refusal_tokens: {text!r} tokenises to nothing")
         refusal_ids.append(ids[0])
+    header = _user_header_length(tokenizer)
     return ModelFacts(
         n_layers=len(decoder_layers(model)),
         d_model=int(model.config.hidden_size),
         refusal_token_ids=tuple(dict.fromkeys(refusal_ids)),
         prefix_length=prefix,
+        system_length=prefix - header if header is not None and header <= prefix else prefix,
         suffix_length=suffix,
     )
 

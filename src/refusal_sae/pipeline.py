@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig, PipelineConfig
-from .data import select_prompts
+from .data import normalised_prompts, select_prompts
 from .io import read_parquet
 from .models import ChatModel, load_chat_model, pick_device
 from .saes import load_saes
@@ -43,35 +43,32 @@ def load_direction(direction_path: str | os.PathLike) -> tuple[Tensor, int, int]
 
 def pool(frames: Sequence[pd.DataFrame], label: str, splits: Sequence[str], limit: int | None = None,
          seed: int = 0) -> pd.DataFrame:
-    """Rows with ``label`` from the given splits of several datasets (seeded subset of ``limit``)."""
+    """Rows with ``label`` from the given splits of several datasets (seeded subset of ``limit``).
+
+    A prompt that two datasets share (ignoring case and whitespace) is kept once, from the first.
+    """
     rows = pd.concat([f.loc[f["label"] == label] for f in frames], ignore_index=True)
-    return select_prompts(rows, list(splits), limit, seed)
+    rows = rows.loc[~normalised_prompts(rows["prompt"]).duplicated()]
+    return select_prompts(rows.reset_index(drop=True), list(splits), limit, seed)
 
 
 def evaluation_rows(dataset_frame: pd.DataFrame, cfg: PipelineConfig) -> pd.DataFrame:
-    """The evaluation prompts of one dataset: its test split, at most ``evaluation.max_prompts``."""
-    return select_prompts(dataset_frame, ["test"], cfg.evaluation.max_prompts, cfg.seed)
+    """The evaluation prompts of one dataset: its test split, at most ``evaluation.max_prompts`` (a seeded
+    subset, or the first in file order with ``evaluation.selection: first``)."""
+    return select_prompts(dataset_frame, ["test"], cfg.evaluation.max_prompts, cfg.seed,
+                          first=cfg.evaluation.selection == "first")
 
 
-def fitting_pools(frames: dict[str, pd.DataFrame], cfg: PipelineConfig) -> dict[str, pd.DataFrame]:
-    """Prompts that directions and feature sets are fitted on: ``harmful``/``harmless`` x ``train``/``val``.
-
-    Held-out (default): the train and val splits of every dataset. In-sample variant
-    (``evaluation.in_sample``, the studies' original setting): the harmful training pool is the
-    evaluation prompts themselves.
-    """
+def fitting_pools(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Prompts that directions and feature sets are fitted on: ``harmful``/``harmless`` x ``train``/``val``
+    of every dataset (the in-sample variant fits on evaluation prompts in its own rules)."""
     values = list(frames.values())
-    pools = {
+    return {
         "harmful_train": pool(values, "harmful", ["train"]),
         "harmless_train": pool(values, "harmless", ["train"]),
         "harmful_val": pool(values, "harmful", ["val"]),
         "harmless_val": pool(values, "harmless", ["val"]),
     }
-    if cfg.evaluation.in_sample:
-        pools["harmful_train"] = pd.concat(
-            [evaluation_rows(frames[name], cfg) for name in cfg.evaluation.datasets], ignore_index=True
-        )
-    return pools
 
 
 @dataclass
@@ -82,6 +79,7 @@ class Stage:
     chat: ChatModel
     saes: dict | None = None
     direction: Tensor | None = None
+    direction_layer: int | None = None
 
 
 def open_stage(
@@ -95,5 +93,42 @@ def open_stage(
     spec = cfg.models[model]
     chat = load_chat_model(model_manifest, spec.refusal_tokens, cfg.device)
     saes = load_model_saes(saes_manifest, spec, chat.facts.d_model, cfg.device) if saes_manifest else None
-    direction = load_direction(direction_path)[0] if direction_path else None
-    return Stage(spec, chat, saes, direction)
+    direction, layer, _ = load_direction(direction_path) if direction_path else (None, None, None)
+    return Stage(spec, chat, saes, direction, layer)
+
+
+def aggregation_start(chat: ChatModel, cfg: PipelineConfig) -> int:
+    """First position (from each row's first real token) that attributions average over."""
+    if cfg.attribution.aggregate_from == "after_system":
+        return chat.facts.system_length
+    return chat.facts.prefix_length
+
+
+def la_ig_options(chat: ChatModel, cfg: PipelineConfig) -> dict:
+    """Keyword arguments of :func:`~refusal_sae.attribution.la_ig` (and the AP baseline) from the config."""
+    a = cfg.attribution
+    return {"n_steps": a.n_steps, "target_token": a.target_token, "batch_size": a.batch_size,
+            "start": aggregation_start(chat, cfg), "exclude_refusal": a.target_excludes_refusal, "path": a.ig_path}
+
+
+def in_sample_pools(
+    dataset_frame: pd.DataFrame, baseline: pd.DataFrame, fitting_prompts: pd.DataFrame, cfg: PipelineConfig,
+) -> dict[str, pd.DataFrame]:
+    """What the in-sample variant fits on for one evaluation dataset.
+
+    ``harmful``: the dataset's evaluation prompts that the model refuses (first greedy token a refusal
+    token, from its baseline artifact), as the studies filtered their fitting prompts; ``harmless_train`` /
+    ``harmless_val``: the refusal-filtered harmless prompts of the held-out fitting pools
+    (``direction/prompts.parquet``). Raises ``ValueError`` when the model refuses none of the prompts.
+    """
+    rows = evaluation_rows(dataset_frame, cfg)
+    refused = set(baseline.loc[baseline["first_token_refusal"], "prompt_id"])
+    harmful = rows.loc[rows["prompt_id"].isin(refused)].reset_index(drop=True)
+    if harmful.empty:
+        raise ValueError("in-sample variant: the model refuses none of this dataset's evaluation prompts")
+    kept = fitting_prompts.loc[fitting_prompts["kept"] & (fitting_prompts["label"] == "harmless")]
+    return {
+        "harmful": harmful,
+        "harmless_train": kept.loc[kept["role"] == "train"].reset_index(drop=True),
+        "harmless_val": kept.loc[kept["role"] == "val"].reset_index(drop=True),
+    }

@@ -25,7 +25,8 @@ def rates_markdown(metrics: pd.DataFrame, row: str, column: str, digits: int = 2
     return "\n".join(parts)
 
 
-METHOD_ORDER = ["base", "direction_ablation", "ours_prompt", "ours_global", "cossim", "actdiff", "ap", "random"]
+METHOD_ORDER = ["base", "direction_ablation", "ours_prompt", "ours_global", "ap_prompt", "cossim", "actdiff", "ap",
+                "random", "activation_addition"]
 
 
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:

@@ -126,6 +126,64 @@ def actdiff_set(
     return ranked_set(pd.concat(frames, ignore_index=True), k_star, "actdiff")
 
 
+PEAK_REGIONS = ("sink", "template_prefix", "user_text", "template_suffix")
+
+
+@torch.no_grad()
+def peak_regions(
+    chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompts: Sequence[str], feature_sets: pd.DataFrame,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """Where each feature of ``feature_sets`` (``method, layer, feature`` rows) peaks on ``prompts``.
+
+    For every prompt, the position of the feature's largest activation is classed as the attention
+    sink (first real token), the rest of the template before the user text, the user text, or the
+    post-instruction template. Returns one row per method, layer, feature and region: ``share`` of the
+    prompts on which it peaks there (prompts where it never fires count as ``silent``) and the mean
+    peak activation. Explains what a set responds to: e.g. latents that only fire at the sink are
+    never touched by edits that leave the sink clean.
+    """
+    layers = sorted(int(layer) for layer in feature_sets["layer"].unique())
+    columns = {layer: torch.as_tensor(np.unique(feature_sets.loc[feature_sets["layer"] == layer, "feature"]))
+               for layer in layers}
+    prefix, suffix = chat.facts.prefix_length, chat.facts.suffix_length
+    counts: dict[tuple[int, int, str], int] = {}
+    peaks: dict[tuple[int, int, str], float] = {}
+    for first in range(0, len(prompts), batch_size):
+        batch = chat.tokenize(prompts[first:first + batch_size])
+        recorder = Recorder(layers)
+        run_until(chat.model, [recorder], last_layer=max(layers), **batch)
+        mask = batch["attention_mask"].bool().cpu()
+        pads = (~mask).sum(-1)
+        width = mask.shape[1]
+        for layer in layers:
+            sae = saes[layer]
+            weight = sae.W_dec
+            acts = sae.encode(recorder.outputs[layer][0].to(device=weight.device, dtype=weight.dtype)).float().cpu()
+            acts = acts[..., columns[layer]].masked_fill(~mask.unsqueeze(-1), -torch.inf)
+            value, where = acts.max(1)  # [b, n]
+            for row in range(acts.shape[0]):
+                rel = where[row] - pads[row]
+                n_real = width - int(pads[row])
+                for j, feature in enumerate(columns[layer].tolist()):
+                    if value[row, j] <= 0:
+                        region = "silent"
+                    else:
+                        r = int(rel[j])
+                        region = ("sink" if r == 0 else "template_prefix" if r < prefix
+                                  else "template_suffix" if r >= n_real - suffix else "user_text")
+                    key = (layer, feature, region)
+                    counts[key] = counts.get(key, 0) + 1
+                    peaks[key] = peaks.get(key, 0.0) + max(float(value[row, j]), 0.0)
+    rows = []
+    for (method, layer, feature), _ in feature_sets.groupby(["method", "layer", "feature"]):
+        for region in (*PEAK_REGIONS, "silent"):
+            n = counts.get((layer, feature, region), 0)
+            rows.append({"method": method, "layer": int(layer), "feature": int(feature), "region": region,
+                         "share": n / len(prompts), "mean_peak": peaks.get((layer, feature, region), 0.0) / max(n, 1)})
+    return pd.DataFrame(rows)
+
+
 def random_set(saes: Mapping[int, SparseAutoencoder], k_star: int, seed: int = 0) -> pd.DataFrame:
     """Random baseline: ``k_star`` distinct (layer, feature) pairs drawn uniformly over all SAE latents."""
     _check_k(k_star)
