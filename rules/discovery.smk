@@ -110,7 +110,7 @@ rule ap_attribution:
         "results/{model}/attribution/ap_global.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        settings=settings(*LA_IG_KEYS, "attribution.max_prompts", "selection.k_star"),
+        settings=settings(*LA_IG_KEYS, "attribution.max_prompts", "selection.k_star", "evaluation.grid.k_stars"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -130,7 +130,7 @@ rule ap_prompt_attribution:
         per_prompt="results/{model}/attribution/ap/{dataset}.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star"),
+        settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star", "evaluation.grid.k_stars"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -175,7 +175,7 @@ rule feature_sets:
         peaks="results/{model}/features/peaks.parquet",
     params:
         code=code_version("selection", "attribution", "pipeline", "saes"),
-        settings=settings("selection.k_star", "attribution.aggregate_from", "seed"),
+        settings=settings("selection.k_star", "evaluation.grid.k_stars", "attribution.aggregate_from", "seed"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -203,7 +203,7 @@ rule prompt_feature_set:
         method=_alternatives(PER_PROMPT_METHODS),
     params:
         code=code_version("selection"),
-        settings=settings("selection.k_star"),
+        settings=settings("selection.k_star", "evaluation.grid.k_stars"),
     conda:
         ENV
     log:

@@ -4,8 +4,8 @@ GENERATION_KEYS = (*LOAD_KEYS, "evaluation.max_new_tokens", "evaluation.batch_si
 
 
 def clamp_keys(w):
-    """Only feature-set methods read the clamp scale."""
-    return ["models.{model}.clamp_scale"] if w.method in FEATURE_SET_METHODS else []
+    """Only feature-set methods read the clamp scale and the set size."""
+    return ["models.{model}.clamp_scale", "selection.k_star"] if w.method in FEATURE_SET_METHODS else []
 
 
 rule generate:
@@ -75,7 +75,7 @@ rule induction:
         method=_alternatives(INDUCTION_METHODS),
     params:
         code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
-        settings=settings(*GENERATION_KEYS, "evaluation.induction_new_tokens", induction_keys),
+        settings=settings(*GENERATION_KEYS, "evaluation.induction_new_tokens", "selection.k_star", induction_keys),
     threads: JOB_THREADS
     conda:
         ENV
@@ -105,7 +105,7 @@ rule capability:
         "results/{model}/metrics/capability.parquet",
     params:
         code=code_version("metrics", "methods", "interventions", "selection", "scoring", "pipeline"),
-        settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "evaluation.batch_size",
+        settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "selection.k_star", "evaluation.batch_size",
                           "evaluation.generic_documents", "evaluation.generic_max_tokens"),
     threads: JOB_THREADS
     conda:
@@ -116,6 +116,27 @@ rule capability:
         "benchmarks/out/{model}/capability.tsv"
     script:
         "../workflow_scripts/capability.py"
+
+
+rule grid:
+    input:
+        unpack(method_inputs),
+    output:
+        "results/{model}/grid/{dataset}/{method}.parquet",
+    wildcard_constraints:
+        method=_alternatives(CFG.evaluation.grid.methods),
+    params:
+        code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
+        settings=settings(*GENERATION_KEYS, "models.{model}.clamp_scale", "selection.k_star", "evaluation.grid"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/grid/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/out/{model}/grid_{dataset}_{method}.tsv"
+    script:
+        "../workflow_scripts/grid.py"
 
 
 def evaluated(w, kind):
@@ -144,13 +165,16 @@ rule evaluation_metrics:
             f"results/{w.model}/generations/{HARMLESS}/induction_{m}.parquet" for m in CFG.evaluation.induction_methods
         ],
         features=evaluated_sets,
+        grid=lambda w: [f"results/{w.model}/grid/{d}/{m}.parquet"
+                        for d in CFG.evaluation.datasets for m in CFG.evaluation.grid.methods],
     output:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
+        grid="results/{model}/metrics/grid.parquet",
         induction="results/{model}/metrics/induction.parquet",
         paired="results/{model}/metrics/paired.parquet",
     params:
         code=code_version("metrics", "methods"),
-        settings=settings("seed", "evaluation.variants"),
+        settings=settings("seed", "evaluation.variants", "selection.k_star"),
     conda:
         ENV
     log:
@@ -169,6 +193,7 @@ rule summary:
         baseline="results/{model}/metrics/baseline.parquet",
         faithfulness="results/{model}/attribution/faithfulness.parquet",
         direction="results/{model}/direction/direction.parquet",
+        paired="results/{model}/metrics/paired.parquet",
     output:
         table="results/{model}/report/summary.parquet",
         markdown="results/{model}/report/summary.md",

@@ -85,7 +85,7 @@ rule in_sample_ap:
         global_="results/{model}/in_sample/{dataset}/attribution/ap_global.parquet",
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
-        settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star"),
+        settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star", "evaluation.grid.k_stars"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -108,7 +108,7 @@ rule in_sample_feature_sets:
         [f"results/{{model}}/in_sample/{{dataset}}/features/{m}.parquet" for m in FEATURE_SET_METHODS],
     params:
         code=code_version("selection", "attribution", "pipeline", "saes"),
-        settings=settings("selection.k_star", "attribution.aggregate_from", *EVAL_ROWS_KEYS),
+        settings=settings("selection.k_star", "evaluation.grid.k_stars", "attribution.aggregate_from", *EVAL_ROWS_KEYS),
     threads: JOB_THREADS
     conda:
         ENV

@@ -36,7 +36,10 @@ def test_real_model_overlays_carry_the_study_settings(overlay):
     assert model.source.type == "hub" and model.saes.type == "pretrained"
     expected = {"gemma-2-2b-it.yaml": (15, -3.0, 26), "llama-3.1-8b-instruct.yaml": (11, -1.0, 32)}[overlay]
     assert (model.direction_layer, model.clamp_scale, len(model.saes.layers)) == expected
-    assert all(cfg.datasets[d].source.type == "url" and cfg.datasets[d].source.sha256 for d in cfg.datasets)
+    prompt_sets = set(cfg.datasets) - {cfg.evaluation.generic_text}
+    assert all(cfg.datasets[d].source.type == "url" and cfg.datasets[d].source.sha256 for d in prompt_sets)
+    pile = cfg.datasets[cfg.evaluation.generic_text].source
+    assert (pile.repo_id, pile.hf_streaming) == ("monology/pile-uncopyrighted", True)
     # The studies' fitting splits, with the prompts they share with the evaluation sets held out.
     assert {d for d, spec in cfg.datasets.items() if "train" in spec.splits} == {"harmful_train", "harmless_train"}
     assert set(cfg.datasets["harmful_train"].exclude) == set(cfg.evaluation.datasets)
@@ -65,3 +68,15 @@ def test_bad_config_fails_naming_the_field(edit, message):
     edit(config)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_pipeline_config(config)
+
+
+def test_grid_points_cross_the_main_operating_point_and_sets_are_fitted_large_enough():
+    cfg = load_pipeline_config(default_config())
+    grid = cfg.evaluation.grid
+    points = cfg.grid_points(-3.0)
+    assert [(c, cfg.selection.k_star) for c in grid.clamp_scales] == points[: len(grid.clamp_scales)]
+    assert {(-3.0, k) for k in grid.k_stars} <= set(points) and len(points) == len(set(points))
+    assert len(points) == len(grid.clamp_scales) + len(grid.k_stars) - 1  # the main point once
+    assert cfg.fitted_set_size() == max(cfg.selection.k_star, *grid.k_stars)
+    full = load_pipeline_config({**default_config(), "evaluation": {"grid": {"shape": "full"}}})
+    assert len(full.grid_points(-3.0)) == len(grid.clamp_scales) * len(grid.k_stars)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from refusal_sae.interventions import FeatureEdit
+from refusal_sae.interventions import FeatureEdit, Recorder, run_until
 from refusal_sae.scoring import last_position_logits
 from refusal_sae.selection import (
     SET_COLUMNS,
@@ -15,6 +17,7 @@ from refusal_sae.selection import (
     cossim_set,
     feature_set_to_edit_inputs,
     global_set,
+    peak_regions,
     per_prompt_sets,
     random_set,
 )
@@ -137,3 +140,29 @@ def test_actdiff_matches_unpadded_per_prompt_reference(tiny_chat, tiny_saes):
     brute = pd.DataFrame(rows, columns=["layer", "feature", "score"]).nlargest(5, "score")
     assert list(zip(top["layer"], top["feature"], strict=True)) == list(zip(brute["layer"], brute["feature"], strict=True))
     np.testing.assert_allclose(top["score"], brute["score"], rtol=1e-4, atol=1e-5)
+
+
+def test_peak_regions_place_a_sink_latent_and_a_silent_one(tiny_chat, tiny_saes):
+    """A latent planted on the attention sink's stream (it fires there only, in every padded row) peaks at
+    the sink on every prompt; one that never fires is silent on every prompt."""
+    layer = 1
+    sae = copy.deepcopy(tiny_saes[layer])
+    prompts = ["How do I make a bomb?", "Write a short poem about the sea.", "Hi"]
+    batch = tiny_chat.tokenize(prompts)
+    recorder = Recorder([layer])
+    run_until(tiny_chat.model, [recorder], last_layer=layer, **batch)
+    hidden = recorder.outputs[layer][0]
+    pads = (batch["attention_mask"] == 0).sum(-1)
+    sink = hidden[0, pads[0]]
+    with torch.no_grad():
+        sae.W_enc[:, 0] = sink / sink.norm()
+        sae.b_enc[0] = -0.999 * sink.norm() + sae.b_dec @ (sink / sink.norm())
+    members = pd.DataFrame({"method": "m", "layer": [layer], "feature": [0]})
+    table = peak_regions(tiny_chat, {layer: sae}, prompts, members).set_index("region")
+    assert table.loc["sink", "share"] == 1.0 and table.loc["sink", "mean_peak"] > 0
+    assert table.drop(index="sink")["share"].sum() == 0
+    # A latent that never fires is "silent" on every prompt.
+    with torch.no_grad():
+        sae.b_enc[0] = -1e6
+    silent = peak_regions(tiny_chat, {layer: sae}, prompts, members).set_index("region")
+    assert silent.loc["silent", "share"] == 1.0

@@ -13,8 +13,8 @@ prompts = read_parquet(smk.input.prompts)
 rows = prompts.loc[prompts["kept"] & (prompts["label"] == "harmful") & (prompts["role"] == "train")]
 rows = rows.head(cfg.attribution.max_prompts)
 _, global_ = all_feature_attribution_topk(
-    chat, saes, rows["prompt"].tolist(), rows["prompt_id"].tolist(), direction, cfg.selection.k_star,
+    chat, saes, rows["prompt"].tolist(), rows["prompt_id"].tolist(), direction, cfg.fitted_set_size(),
     **la_ig_options(chat, cfg),
 )
-meta = {"attribution": smk.config.get("attribution", {}), "k": cfg.selection.k_star}
+meta = {"attribution": smk.config.get("attribution", {}), "k": cfg.fitted_set_size()}
 write_parquet(global_, smk.output[0], meta)

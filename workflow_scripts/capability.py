@@ -28,7 +28,8 @@ reference = last_position_logits(chat, prompts, (), batch)
 rows = []
 dataset = cfg.evaluation.harmless_dataset
 for method in [BASE, DIRECTION_ABLATION, *sets]:
-    edits = method_edits(method, ids, chat.facts.n_layers, direction, saes, sets.get(method), "scale", spec.clamp_scale)
+    edits = method_edits(method, ids, chat.facts.n_layers, direction, saes, sets.get(method), "scale", spec.clamp_scale,
+                         k=cfg.selection.k_star)
     for metric, inputs in scored.items():
         # Generic documents are not prompts: per-prompt sets never reach this (global sets only).
         rows.append(mean_row(method, dataset, metric, masked_cross_entropy(chat, *inputs, edits=edits, batch_size=batch)))

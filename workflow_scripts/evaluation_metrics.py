@@ -6,7 +6,7 @@ import pandas as pd
 
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.methods import BASE, PER_PROMPT_METHODS, n_features
-from refusal_sae.metrics import PAIRED_COLUMNS, jailbreak_rows, paired_comparisons, rate_row
+from refusal_sae.metrics import PAIRED_COLUMNS, jailbreak_rows, mean_row, paired_comparisons, rate_row
 from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
@@ -23,7 +23,7 @@ def keys(path: str) -> tuple[str, str | None, str]:
     return variant, None if folder == "features" else folder, Path(path).stem
 
 
-sizes = {keys(p): n_features(read_parquet(p)) for p in smk.input.features}
+sizes = {keys(p): n_features(read_parquet(p), cfg.selection.k_star) for p in smk.input.features}
 
 
 def set_size(variant: str, dataset: str, method: str) -> float:
@@ -48,9 +48,13 @@ induction_rows = []
 for path in smk.input.induction:
     frame = read_parquet(path)
     for (method, value), group in frame.groupby(["method", "value"], sort=False):
+        extra = {"set_value": float(value), "n_features": set_size("held_out", None, method), "judge": "substring"}
         induction_rows.append(rate_row(method, Path(path).parent.name, "refusal_induction", group["refused"].tolist(),
-                                       set_value=float(value), n_features=set_size("held_out", None, method),
-                                       judge="substring"))
+                                       **extra))
+        # The first token's refusal log-odds: whether the model still leans to refusing where the text no
+        # longer reads as a refusal (e.g. degenerate text at large set values).
+        induction_rows.append(mean_row(method, Path(path).parent.name, "first_token_refusal_logodds",
+                                       group["refusal_score"].tolist(), **extra))
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)
 
 paired = []
@@ -58,3 +62,14 @@ for (variant, dataset), by_method in outcomes.items():
     for row in paired_comparisons(by_method, PER_PROMPT_METHODS + ("ours_global",), dataset, "substring", cfg.seed):
         paired.append({**row, "variant": variant})
 write_parquet(pd.DataFrame(paired, columns=[*PAIRED_COLUMNS, "variant"]), smk.output.paired)
+
+grid_rows = []
+for path in smk.input.grid:
+    frame = read_parquet(path)
+    dataset = Path(path).parent.name
+    for (method, clamp_scale, k_star), group in frame.groupby(["method", "clamp_scale", "k_star"], sort=False):
+        point = {"clamp_scale": float(clamp_scale), "k_star": int(k_star), "judge": "substring"}
+        grid_rows.append(rate_row(method, dataset, "jailbreak_rate", (~group["refused"]).tolist(), **point))
+        grid_rows.append(mean_row(method, dataset, "first_token_refusal_logodds", group["refusal_score"].tolist(),
+                                  **point))
+write_parquet(pd.DataFrame(grid_rows), smk.output.grid)

@@ -13,7 +13,7 @@ smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 stage = open_stage(cfg, smk.wildcards.model, smk.input.model, smk.input.saes, smk.input.direction)
 spec, chat, saes, direction = stage.spec, stage.chat, stage.saes, stage.direction
-k = cfg.selection.k_star
+k = cfg.fitted_set_size()
 prompts = read_parquet(smk.input.prompts)
 kept = prompts.loc[prompts["kept"] & (prompts["role"] == "train")]
 sets = {

@@ -22,7 +22,8 @@ setting = f"scale={spec.clamp_scale}" if method in FEATURE_SET_METHODS else ""
 
 
 def run_shard(ids, prompts):
-    edits = method_edits(method, ids, chat.facts.n_layers, direction, saes, feature_set, "scale", spec.clamp_scale)
+    edits = method_edits(method, ids, chat.facts.n_layers, direction, saes, feature_set, "scale", spec.clamp_scale,
+                         k=cfg.selection.k_star)
     completions, scores = generate_scored(chat, prompts, edits, cfg.evaluation.max_new_tokens, cfg.evaluation.batch_size)
     return pd.DataFrame({"prompt_id": ids, "completion": completions, "refusal_score": scores.numpy()})
 

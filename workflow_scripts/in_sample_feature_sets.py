@@ -11,7 +11,7 @@ smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 stage = open_stage(cfg, smk.wildcards.model, smk.input.model, smk.input.saes, smk.input.direction)
 chat, saes, direction = stage.chat, stage.saes, stage.direction
-k = cfg.selection.k_star
+k = cfg.fitted_set_size()
 pools = in_sample_pools(read_parquet(smk.input.dataset), read_parquet(smk.input.baseline),
                         read_parquet(smk.input.prompts), cfg)
 la_ig = read_parquet(smk.input.la_ig)

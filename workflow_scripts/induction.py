@@ -2,7 +2,7 @@
 induction value, or by adding each multiple of the refusal direction at its layer."""
 import pandas as pd
 
-from refusal_sae.generation import generate
+from refusal_sae.generation import generate_scored
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.methods import ACTIVATION_ADDITION, method_edits
@@ -23,11 +23,11 @@ new_tokens = cfg.evaluation.induction_new_tokens or cfg.evaluation.max_new_token
 parts = []
 for value in values:
     edits = method_edits(method, ids, chat.facts.n_layers, stage.direction, stage.saes, feature_set, "set", value,
-                         stage.direction_layer)
-    completions = generate(chat, prompts, edits, new_tokens, cfg.evaluation.batch_size)
+                         stage.direction_layer, k=cfg.selection.k_star)
+    completions, scores = generate_scored(chat, prompts, edits, new_tokens, cfg.evaluation.batch_size)
     refused = substring_judge(completions, cfg.evaluation.judge_ignore_case)
     parts.append(pd.DataFrame({
         "prompt_id": ids, "method": method, "setting": f"{label}={value}", "value": value,
-        "completion": completions, "refused": refused, "judge": "substring",
+        "completion": completions, "refusal_score": scores.numpy(), "refused": refused, "judge": "substring",
     }))
 write_parquet(pd.concat(parts, ignore_index=True), smk.output[0], {"method": method, "values": list(values)})

@@ -7,5 +7,5 @@ from refusal_sae.selection import per_prompt_sets
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 method = smk.wildcards.method
-sets = per_prompt_sets(read_parquet(smk.input.attribution), cfg.selection.k_star, method)
-write_parquet(sets, smk.output[0], {"k_star": cfg.selection.k_star, "method": method, "dataset": smk.wildcards.dataset})
+sets = per_prompt_sets(read_parquet(smk.input.attribution), cfg.fitted_set_size(), method)
+write_parquet(sets, smk.output[0], {"k_star": cfg.fitted_set_size(), "method": method, "dataset": smk.wildcards.dataset})

@@ -7,9 +7,10 @@ from refusal_sae.runtime import start
 smk = snakemake  # noqa: F821
 start(smk.log[0], smk.threads, smk.config)
 tables = {name: read_parquet(getattr(smk.input, name)) for name in
-          ("jailbreak", "induction", "capability", "baseline", "faithfulness", "direction")}
+          ("jailbreak", "induction", "capability", "baseline", "faithfulness", "direction", "paired")}
 summary = tables["jailbreak"].loc[tables["jailbreak"]["judge"] == "substring"]
 write_parquet(summary, smk.output.table, {"model": smk.wildcards.model})
 with open(smk.output.markdown, "w") as handle:
     handle.write(summary_markdown(smk.wildcards.model, tables))
-jailbreak_figure(summary, smk.output.figure, title=f"{smk.wildcards.model}: jailbreak rate (substring judge)")
+jailbreak_figure(summary.loc[summary["variant"] == "held_out"], smk.output.figure,
+                 title=f"{smk.wildcards.model}: jailbreak rate, held out (substring judge)")

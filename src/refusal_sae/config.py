@@ -231,6 +231,21 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True)
+class GridConfig:
+    """Operating points around the main one (``selection.k_star``, the model's ``clamp_scale``): the jailbreak
+    rate as a curve over the clamp scale and the set size, not one point (Study A's grid)."""
+
+    methods: list[str] = field(
+        default_factory=lambda: ["ours_prompt", "ours_global", "ap_prompt", "ap", "cossim", "actdiff"]
+    )
+    """Feature-set methods evaluated on the grid (held-out variant, every evaluation dataset)."""
+    clamp_scales: list[float] = field(default_factory=lambda: [0.0, -1.0, -2.0, -3.0])
+    k_stars: list[int] = field(default_factory=lambda: [10, 20, 30])
+    shape: Literal["cross", "full"] = "cross"
+    """``cross``: each clamp scale at the main K* and each K* at the main clamp scale; ``full``: every pair."""
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     """Generation under interventions and metrics (METHOD.md sections 6-7)."""
 
@@ -266,6 +281,7 @@ class EvaluationConfig:
     """Documents of ``generic_text`` scored, in file order (the same documents for every method)."""
     generic_max_tokens: int = 128
     """Tokens per generic document (BOS included), the first ones of the document."""
+    grid: GridConfig = field(default_factory=GridConfig)
     judge_ignore_case: bool = False
     """Substring judge: ``False`` matches the refusal list case-sensitively (JailbreakBench); ``True``
     ignores case, as the refusal-direction reference code does (the overlays' setting)."""
@@ -293,6 +309,19 @@ class PipelineConfig:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def fitted_set_size(self) -> int:
+        """Latents every feature set is fitted with: the main K* and every K* of the grid (sets are
+        ranked, so a smaller set is the top of a larger one)."""
+        return max(self.selection.k_star, *self.evaluation.grid.k_stars)
+
+    def grid_points(self, clamp_scale: float) -> list[tuple[float, int]]:
+        """``(clamp_scale, k_star)`` pairs of the grid around the main point (``clamp_scale``, K*)."""
+        grid, k_star = self.evaluation.grid, self.selection.k_star
+        if grid.shape == "full":
+            return [(c, k) for c in grid.clamp_scales for k in grid.k_stars]
+        points = [(c, k_star) for c in grid.clamp_scales] + [(clamp_scale, k) for k in grid.k_stars]
+        return list(dict.fromkeys(points))
 
     def selected_models(self) -> list[str]:
         """Model keys the workflow targets (``only_models`` or all)."""
@@ -384,8 +413,13 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
     for name, model in cfg.models.items():
         if model.source.type == "organism" and model.source.base not in cfg.models:
             raise ConfigError(f"config.models.{name}.source.base: {model.source.base!r} is not a configured model")
-    from .methods import INDUCTION_METHODS
+    from .methods import FEATURE_SET_METHODS, INDUCTION_METHODS
 
+    unknown = sorted(set(cfg.evaluation.grid.methods) - set(FEATURE_SET_METHODS))
+    if unknown:
+        raise ConfigError(f"config.evaluation.grid.methods: {unknown} not among {list(FEATURE_SET_METHODS)}")
+    if any(k < 1 for k in [cfg.selection.k_star, *cfg.evaluation.grid.k_stars]):
+        raise ConfigError("config.selection.k_star / evaluation.grid.k_stars: set sizes must be >= 1")
     unknown = sorted(set(cfg.evaluation.induction_methods) - set(INDUCTION_METHODS))
     if unknown:
         raise ConfigError(f"config.evaluation.induction_methods: {unknown} not among {list(INDUCTION_METHODS)}")

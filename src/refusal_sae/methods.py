@@ -33,6 +33,11 @@ ACTIVATION_ADDITION = "activation_addition"
 INDUCTION_METHODS = (*GLOBAL_SET_METHODS, ACTIVATION_ADDITION)
 
 
+def top_of(feature_set: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """The first ``k`` members (by rank) of every scope of a ranked set (all of them for ``None``)."""
+    return feature_set if k is None else feature_set.loc[feature_set["rank"] < k]
+
+
 def feature_edit(
     feature_set: pd.DataFrame,
     prompt_ids: Sequence[str],
@@ -40,9 +45,11 @@ def feature_edit(
     mode: str,
     value: float,
     positions: PositionMask | None = None,
+    k: int | None = None,
 ) -> FeatureEdit:
-    """A ``FeatureEdit`` for a global or per-prompt set, its rows aligned with ``prompt_ids``."""
-    features, row_active = feature_set_to_edit_inputs(feature_set, list(prompt_ids))
+    """A ``FeatureEdit`` for a global or per-prompt set (its top ``k`` per scope), rows aligned with
+    ``prompt_ids``."""
+    features, row_active = feature_set_to_edit_inputs(top_of(feature_set, k), list(prompt_ids))
     missing = sorted(set(features) - set(saes))
     if missing:
         raise ValueError(f"feature set uses layers {missing} that have no SAE")
@@ -62,11 +69,13 @@ def method_edits(
     mode: str = "scale",
     value: float = -3.0,
     direction_layer: int | None = None,
+    k: int | None = None,
 ) -> Sequence[ResidualEdit] | EditsForRows:
     """Edits for ``method`` on prompts ``prompt_ids`` (callable per batch rows for per-prompt sets).
 
     ``activation_addition`` adds ``value`` times the (unnormalised) direction at ``direction_layer``, at
-    every position; feature-set methods apply ``mode`` with ``value`` to their latents.
+    every position; feature-set methods apply ``mode`` with ``value`` to the top ``k`` latents of their set
+    (sets are fitted larger than the main K* so that the grid can use its sizes).
     """
     if method == BASE:
         return ()
@@ -80,14 +89,14 @@ def method_edits(
         return [DirectionAblation.everywhere(direction, n_layers)]
     if feature_set is None or saes is None:
         raise ValueError(f"method {method!r} needs a feature set and SAEs")
-    edit = feature_edit(feature_set, prompt_ids, saes, mode, value)
+    edit = feature_edit(feature_set, prompt_ids, saes, mode, value, k=k)
     if edit.row_active is None:
         return [edit]
     return lambda rows: [rows_of(edit, rows)]
 
 
-def n_features(feature_set: pd.DataFrame) -> float:
-    """Features per prompt: the set size for a global set, the mean size for per-prompt sets."""
-    sizes = feature_set.groupby("scope").size()
+def n_features(feature_set: pd.DataFrame, k: int | None = None) -> float:
+    """Features per prompt of the top ``k``: the set size for a global set, the mean size for per-prompt sets."""
+    sizes = top_of(feature_set, k).groupby("scope").size()
     return float(sizes.mean()) if len(sizes) else 0.0
 

@@ -40,11 +40,17 @@ def summary_markdown(model: str, tables: dict[str, pd.DataFrame]) -> str:
     jailbreak = tables["jailbreak"]
     substring = _ordered(jailbreak.loc[jailbreak["judge"] == "substring"])
     parts = [f"# {model}: evaluation summary\n",
-             "Jailbreak rate = fraction of held-out harmful prompts whose greedy completion is not judged a "
-             "refusal; 95% Wilson intervals.\n",
-             rates_markdown(substring.assign(metric="jailbreak rate (substring judge)"), row="method", column="dataset")]
+             "Jailbreak rate = fraction of harmful evaluation prompts whose greedy completion is not judged a "
+             "refusal; 95% Wilson intervals. Held out: directions and global sets fitted on training prompts; "
+             "in sample (the studies' setting): fitted on each dataset's evaluation prompts themselves.\n"]
+    labels = {"held_out": "held out", "in_sample": "in sample"}
+    for variant, part in substring.groupby("variant", sort=False):
+        parts.append(rates_markdown(part.assign(metric=f"jailbreak rate, {labels.get(variant, variant)} "
+                                                       "(substring judge)"), row="method", column="dataset"))
     sizes = substring.drop_duplicates("method").set_index("method")["n_features"]
     parts.append("Features per prompt: " + ", ".join(f"{m} {v:g}" for m, v in sizes.items()) + "\n")
+    if "paired" in tables and len(tables["paired"]):
+        parts.append(paired_markdown(tables["paired"]))
     skipped = jailbreak.loc[(jailbreak["judge"] != "substring") & (jailbreak["n"] == 0)]
     for judge, group in skipped.groupby("judge"):
         parts.append(f"Model judge `{judge}` skipped: {group['note'].iloc[0]}\n")
@@ -61,13 +67,29 @@ def summary_markdown(model: str, tables: dict[str, pd.DataFrame]) -> str:
                                 row="method", column="dataset", digits=3))
     faith = tables["faithfulness"]
     keep = faith.loc[(faith["scope"] == "pooled") | faith["scope"].str.startswith("top")]
-    parts.append("## LA-IG faithfulness (vs exact activation patching)\n\n| scope | Spearman | overlap@k | k | n |\n|---|---|---|---|---|\n"
-                 + "\n".join(f"| {r.scope} | {r.spearman:.3f} | {r.overlap_at_k:.2f} | {r.k} | {r.n} |" for r in keep.itertuples())
+    parts.append("## LA-IG faithfulness (vs exact activation patching)\n\n"
+                 "| IG path | scope | Spearman | overlap@k | k | n |\n|---|---|---|---|---|---|\n"
+                 + "\n".join(f"| {r.path} | {r.scope} | {r.spearman:.3f} | {r.overlap_at_k:.2f} | {r.k} | {r.n} |"
+                             for r in keep.itertuples())
                  + "\n")
     d = tables["direction"].iloc[0]
     parts.append(f"## Refusal direction\n\nlayer {d['layer']}, position {d['position']}: ablation score "
                  f"{d['ablation_score']:.3f}, steering score {d['steering_score']:.3f}, KL {d['kl']:.4f}\n")
     return "\n".join(parts)
+
+
+def paired_markdown(paired: pd.DataFrame, digits: int = 2) -> str:
+    """Ours vs each other method on the same prompts: difference, bootstrap interval, p-value."""
+    lines = ["## Paired comparisons (same prompts): ours minus the other method\n",
+             "Jailbreak rate difference with a paired bootstrap 95% interval and the exact McNemar p-value; "
+             "first-token refusal log-odds difference (negative: ours lowers refusal more) with the Wilcoxon "
+             "signed-rank p-value.\n",
+             "| variant | dataset | ours | other | metric | difference [95% CI] | p | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in paired.sort_values(["variant", "dataset", "method", "metric"]).itertuples():
+        lines.append(f"| {r.variant} | {r.dataset} | {r.method} | {r.baseline} | {r.metric} | "
+                     f"{r.value:+.{digits}f} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}] | {r.p_value:.3g} | {r.n} |")
+    return "\n".join(lines) + "\n"
 
 
 def jailbreak_figure(summary: pd.DataFrame, path: str, title: str) -> None:
