@@ -57,6 +57,12 @@ for path in smk.input.induction:
                                        group["refusal_score"].tolist(), **extra))
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)
 
+# Prompts of every dataset together (ids are unique across datasets): the comparison with the most power.
+for variant in {v for v, _ in list(outcomes)}:
+    datasets = [d for v, d in list(outcomes) if v == variant]
+    methods = set.intersection(*(set(outcomes[(variant, d)]) for d in datasets))
+    outcomes[(variant, "pooled")] = {m: pd.concat([outcomes[(variant, d)][m] for d in datasets], ignore_index=True)
+                                     for m in methods}
 paired = []
 for (variant, dataset), by_method in outcomes.items():
     for row in paired_comparisons(by_method, PER_PROMPT_METHODS + ("ours_global",), dataset, "substring", cfg.seed):
