@@ -29,6 +29,7 @@ include: "rules/saes.smk"
 include: "rules/discovery.smk"
 include: "rules/evaluation.smk"
 include: "rules/in_sample.smk"
+include: "rules/studyb.smk"
 
 
 rule all:

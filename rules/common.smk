@@ -127,6 +127,8 @@ def all_targets():
         targets += [features_file(m, method) for method in GLOBAL_SET_METHODS]
         targets += [features_file(m, method, d) for method in PER_PROMPT_METHODS for d in CFG.evaluation.datasets]
         targets.append(f"results/{m}/report/summary.md")
+        if CFG.studyb.enabled:
+            targets.append(f"results/{m}/metrics/studyb.parquet")
     return targets
 
 

@@ -1,5 +1,5 @@
 SAE_TRAINING_KEYS = ("architecture", "width_multiplier", "k", "training_tokens", "batch_size", "lr",
-                     "hook_name_template")
+                     "hook_name_template", "seed")
 SAE_SOURCE_KEYS = ("type", "layers", "release", "id_template", "path_template", "hook_name_template", "dtype")
 
 

@@ -31,10 +31,12 @@ def test_artifacts_follow_their_schemas(finished_run):
 
 def test_direction_ablation_jailbreaks_the_organism(finished_run):
     table = pd.read_parquet(finished_run / "results/tiny-organism/metrics/jailbreak.parquet")
-    substring = table.loc[table["judge"] == "substring"].set_index("method")
-    assert set(ALL_METHODS) <= set(substring.index)
-    assert substring.loc["direction_ablation", "value"] > substring.loc["base", "value"]
+    substring = table.loc[table["judge"] == "substring"]
     assert ((substring["ci_low"] <= substring["value"]) & (substring["value"] <= substring["ci_high"])).all()
+    for variant in ("held_out", "in_sample"):  # both variants, every method (in sample shares base)
+        rates = substring.loc[substring["variant"] == variant].set_index("method")["value"]
+        assert set(ALL_METHODS) == set(rates.index), variant
+        assert rates["direction_ablation"] > rates["base"], variant
     # A judge whose weights are absent is reported as skipped, never silently replaced.
     skipped = table.loc[table["judge"] == "harmbench_cls"]
     assert (skipped["n"] == 0).all() and skipped["note"].str.contains("harmbench_cls").all()
@@ -42,8 +44,24 @@ def test_direction_ablation_jailbreaks_the_organism(finished_run):
 
 def test_induction_rates_are_rates(finished_run):
     induction = pd.read_parquet(finished_run / "results/tiny-organism/metrics/induction.parquet")
-    assert set(induction["set_value"]) == {4.0}
-    assert induction["value"].between(0, 1).all() and (induction["n"] == 12).all()
+    rates = induction.loc[induction["metric"] == "refusal_induction"].set_index("method")["set_value"]
+    assert rates.to_dict() == {"ours_global": 4.0, "activation_addition": 1.0}
+    rates = induction.loc[induction["metric"] == "refusal_induction"]
+    assert rates["value"].between(0, 1).all() and (induction["n"] == 12).all()
+    assert set(induction["metric"]) == {"refusal_induction", "first_token_refusal_logodds"}
+
+
+def test_paired_grid_and_study_b_tables(finished_run):
+    metrics = finished_run / "results/tiny-organism/metrics"
+    paired = pd.read_parquet(metrics / "paired.parquet")
+    assert {"harmful", "pooled"} <= set(paired["dataset"]) and paired["p_value"].between(0, 1).all()
+    grid = pd.read_parquet(metrics / "grid.parquet")
+    assert set(zip(grid["clamp_scale"], grid["k_star"], strict=True)) == {(0.0, 3), (-3.0, 3), (-3.0, 2)}
+    studyb = pd.read_parquet(metrics / "studyb.parquet")
+    assert {"greedy_minimal", "fm_added", "linear_added", "random_added"} <= set(studyb["method"])
+    assert {"activations_fm", "activations_linear"} <= set(studyb["method"])
+    overlap = pd.read_parquet(finished_run / "results/datasets/overlap.parquet")
+    assert not overlap["leak"].any()
 
 
 def test_per_prompt_sets_cover_every_evaluation_prompt(finished_run):

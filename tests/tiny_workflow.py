@@ -76,6 +76,7 @@ def tiny_config(tmp: Path) -> dict:
                 "direction_position": -1,
                 "clamp_scale": -3.0,
                 "induction_values": [4.0],
+                "addition_alphas": [1.0],
             },
         },
         "baseline": {"max_new_tokens": 6, "batch_size": 8},
@@ -84,7 +85,11 @@ def tiny_config(tmp: Path) -> dict:
         "selection": {"k_star": 3},
         "evaluation": {"datasets": ["harmful"], "harmless_dataset": "harmless", "max_prompts": 12,
                        "max_new_tokens": 6, "batch_size": 8, "shard_size": 5,
-                       "model_judges": {"harmbench_cls": str(tmp / "no_such_judge")}},
+                       "model_judges": {"harmbench_cls": str(tmp / "no_such_judge")},
+                       "induction_methods": ["ours_global", "activation_addition"],
+                       "grid": {"methods": ["ours_global"], "clamp_scales": [0.0, -3.0], "k_stars": [2, 3]}},
+        "studyb": {"max_prompts": 2, "taus": [0.25], "orders": 1, "n_masks": 16, "fm_rank": 2, "fm_epochs": 10,
+                   "n_added": 1, "activations_rank": 2, "activations_epochs": 5},
     }
 
 

@@ -11,5 +11,6 @@ cfg = start(smk.log[0], smk.threads, smk.config)
 spec = cfg.models[smk.wildcards.model]
 layer = int(smk.wildcards.layer)
 cache = torch.load(smk.input[0])
-sae = train_sae(cache["train"][layer], spec.saes, seed=cfg.seed + layer, device="cpu")
+seed = spec.saes.seed if spec.saes.seed is not None else cfg.seed
+sae = train_sae(cache["train"][layer], spec.saes, seed=seed + layer, device="cpu")
 save_sae(sae, Path(smk.output[0]).parent, metadata={"hook_name": spec.saes.hook_name_template.format(layer=layer), "model_name": smk.wildcards.model})

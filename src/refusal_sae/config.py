@@ -111,6 +111,9 @@ class SAESpec:
     corpus_max_prompts: int | None = None
     """Training-split prompts in the SAE corpus (seeded subset; None: all). Validation-split prompts
     are always added as the held-out part for the quality table."""
+    seed: int | None = None
+    """Seed of SAE training (layer ``l`` trains with ``seed + l``); None: the workflow's ``seed``. Runs that
+    differ only here measure the run-to-run spread that SAE training adds to every later number."""
     corpus_batch_size: int = 16
     """Prompts per batch when the model writes the corpus's answers (a generation step reads every
     weight once whatever the batch, so on a CPU larger batches write more tokens per second)."""
@@ -288,6 +291,41 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class StudyBConfig:
+    """Study B (METHOD.md §11-12) on the held-out evaluation prompts the model refuses. Each greedy trial
+    and each interaction sample is a forward pass of the prompt, so the defaults are sized for a CPU run;
+    the study's sizes (all prompts, tau 0.1-0.8, 3 orders, thousands of masks) are settings."""
+
+    enabled: bool = True
+    max_prompts: int = 8
+    """Refused evaluation prompts per dataset (the first ones of the evaluation selection)."""
+    taus: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    """A block (then a latent) stays in the minimal set when restoring it raises P(refusal) by at least
+    tau times its unablated value: a larger tau keeps fewer latents."""
+    orders: int = 2
+    """Restore orders per prompt: ascending attribution, then seeded random ones; the minimal set is what
+    every order keeps (the study intersects 3)."""
+    block_size: int = 5
+    stage3_tau: float = 0.25
+    """The tau whose minimal sets stage 3 extends."""
+    n_masks: int = 96
+    """Random ablation masks per prompt in the masks design (each one forward)."""
+    mask_density: float = 0.5
+    test_fraction: float = 0.25
+    """Masks held out to score the FM and linear fits."""
+    fm_rank: int = 8
+    fm_lr: float = 0.01
+    fm_epochs: int = 200
+    fm_batch_size: int = 32
+    n_added: int = 5
+    """Latents added to each minimal set by the FM, the linear model and at random (equal N)."""
+    activations_rank: int = 20
+    activations_lr: float = 1.0e-3
+    activations_epochs: int = 20
+    """The activations design's FM (the study's rank 20, Adam 1e-3, 20 epochs)."""
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """Baseline behaviour of each model (greedy completion + refusal judgements)."""
 
@@ -309,6 +347,7 @@ class PipelineConfig:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    studyb: StudyBConfig = field(default_factory=StudyBConfig)
 
     def fitted_set_size(self) -> int:
         """Latents every feature set is fitted with: the main K* and every K* of the grid (sets are

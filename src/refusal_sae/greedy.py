@@ -147,11 +147,24 @@ def ablation_scorer(
 @torch.no_grad()
 def active_on_prompt(
     chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, candidates: pd.DataFrame,
+    ablated: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``[n]`` bool: candidates with a non-zero activation at some position of the (clean) prompt."""
+    """``[n]`` bool: candidates with a non-zero activation at some position of the prompt.
+
+    With ``ablated`` (``[n]`` bool), the candidates it marks are zeroed at every position first, so
+    latents that wake up only once others are removed count as active (Study B's ``R(x)``).
+    """
     layers = sorted(int(layer) for layer in candidates["layer"].unique())
     recorder = Recorder(layers)
-    run_until(chat.model, [recorder], last_layer=max(layers), **chat.tokenize([prompt]))
+    edits: list = []
+    if ablated is not None and ablated.any():
+        features, columns = _feature_index(candidates)
+        active = {layer: torch.zeros(1, len(index), dtype=torch.bool) for layer, index in features.items()}
+        for j, (layer, column) in enumerate(columns):
+            active[layer][0, column] |= bool(ablated[j])
+        edits.append(FeatureEdit({layer: saes[layer] for layer in features}, features, mode="zero", row_active=active))
+    # Edits run in list order at each layer, so the recorder sees the ablated stream.
+    run_until(chat.model, [*edits, recorder], last_layer=max(layers), **chat.tokenize([prompt]))
     active = np.zeros(len(candidates), dtype=bool)
     for layer in layers:
         sae = saes[layer]

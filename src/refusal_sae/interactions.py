@@ -35,6 +35,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 __all__ = [
+    "MaskDesign",
     "WEIGHT_COLUMNS",
     "FMConfig",
     "FactorizationMachine",
@@ -42,6 +43,7 @@ __all__ = [
     "evaluate",
     "fit",
     "interaction_scores",
+    "mask_design",
     "weights_frame",
 ]
 
@@ -275,3 +277,35 @@ def weights_frame(model: FactorizationMachine, feature_names: Sequence[str], mod
             for i, j in zip(ii.tolist(), jj.tolist(), strict=True)
         ]
     return pd.DataFrame(rows, columns=WEIGHT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class MaskDesign:
+    """The masks design of one prompt: which latents each sample ablates and the refusal score it gave."""
+
+    masks: Tensor
+    """``[n_masks, n]`` bool, True = ablated."""
+    targets: Tensor
+    """``[n_masks]`` refusal log-odds of the refusal tokens under each mask."""
+    train: Tensor
+    """``[n_masks]`` bool: the rows the models are fitted on (the rest score their fit)."""
+
+
+def mask_design(
+    refusal_probability: Any, n_features: int, n_masks: int, density: float = 0.5, test_fraction: float = 0.25,
+    seed: int = 0, max_rows: int = 32,
+) -> MaskDesign:
+    """Random ablation masks over ``n_features`` latents and the model's refusal score under each.
+
+    ``refusal_probability`` maps ``[R, n]`` masks to ``P(R)`` ``[R]`` (e.g.
+    :func:`refusal_sae.greedy.ablation_scorer`); each latent is ablated independently with probability
+    ``density``; targets are log-odds ``log p - log(1 - p)``; a seeded ``test_fraction`` of the rows is
+    held out.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.rand(n_masks, n_features, generator=gen) < density
+    probs = torch.cat([refusal_probability(masks[i:i + max_rows]) for i in range(0, n_masks, max_rows)])
+    p = probs.double().clamp(1e-7, 1 - 1e-7)
+    train = torch.ones(n_masks, dtype=torch.bool)
+    train[torch.randperm(n_masks, generator=gen)[: int(round(test_fraction * n_masks))]] = False
+    return MaskDesign(masks, (p.log() - (1 - p).log()).float(), train)

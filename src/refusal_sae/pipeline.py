@@ -132,3 +132,11 @@ def in_sample_pools(
         "harmless_train": kept.loc[kept["role"] == "train"].reset_index(drop=True),
         "harmless_val": kept.loc[kept["role"] == "val"].reset_index(drop=True),
     }
+
+
+def studyb_prompts(dataset_frame: pd.DataFrame, baseline: pd.DataFrame, cfg: PipelineConfig) -> pd.DataFrame:
+    """Study B's prompts of one dataset: the evaluation prompts the model refuses (first greedy token a
+    refusal token), the first ``studyb.max_prompts`` of them."""
+    rows = evaluation_rows(dataset_frame, cfg)
+    refused = set(baseline.loc[baseline["first_token_refusal"], "prompt_id"])
+    return rows.loc[rows["prompt_id"].isin(refused)].head(cfg.studyb.max_prompts).reset_index(drop=True)

@@ -1,0 +1,127 @@
+# Study B (METHOD.md sections 11-12): minimal sets by greedy filtering, their extensions by the
+# interactions a factorization machine finds, and generation to verify both, on the refused held-out
+# evaluation prompts. Paths: results/{model}/greedy, results/{model}/interactions, results/{model}/studyb.
+STUDYB_METHODS = ["greedy_minimal", "fm_added", "linear_added", "random_added"]
+STUDYB_KEYS = ("studyb", *EVAL_ROWS_KEYS)
+
+
+def studyb_inputs(w):
+    return {"model": manifest(w.model), "saes": f"resources/saes/{w.model}/saes.json",
+            "candidates": f"results/{w.model}/attribution/candidates.parquet",
+            "dataset": f"resources/datasets/{w.dataset}.parquet",
+            "baseline": f"results/{w.model}/baseline/{w.dataset}.parquet"}
+
+
+rule greedy:
+    input:
+        unpack(studyb_inputs),
+        attribution="results/{model}/attribution/{dataset}.parquet",
+    output:
+        "results/{model}/greedy/{dataset}.parquet",
+    params:
+        code=code_version("greedy", "interventions", "pipeline", "saes"),
+        settings=settings(*STUDYB_KEYS),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/greedy/{dataset}.log",
+    benchmark:
+        "benchmarks/out/{model}/greedy_{dataset}.tsv"
+    script:
+        "../workflow_scripts/greedy.py"
+
+
+rule interactions:
+    input:
+        unpack(studyb_inputs),
+        greedy="results/{model}/greedy/{dataset}.parquet",
+    output:
+        selected="results/{model}/interactions/{dataset}/selected.parquet",
+        weights="results/{model}/interactions/{dataset}/weights.parquet",
+        samples="results/{model}/interactions/{dataset}/samples.parquet",
+        fit="results/{model}/interactions/{dataset}/fit.parquet",
+    params:
+        code=code_version("studyb", "greedy", "interactions", "interventions", "pipeline", "saes"),
+        settings=settings(*STUDYB_KEYS),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/interactions/{dataset}.log",
+    benchmark:
+        "benchmarks/out/{model}/interactions_{dataset}.tsv"
+    script:
+        "../workflow_scripts/interactions.py"
+
+
+rule interactions_activations:
+    input:
+        model=lambda w: manifest(w.model),
+        saes="resources/saes/{model}/saes.json",
+        candidates="results/{model}/attribution/candidates.parquet",
+        prompts="results/{model}/direction/prompts.parquet",
+    output:
+        fit="results/{model}/interactions/activations/fit.parquet",
+        weights="results/{model}/interactions/activations/weights.parquet",
+    params:
+        code=code_version("studyb", "interactions", "attribution", "pipeline", "saes"),
+        settings=settings("studyb", "attribution.aggregate_from", "seed"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/interactions/activations.log",
+    benchmark:
+        "benchmarks/out/{model}/interactions_activations.tsv"
+    script:
+        "../workflow_scripts/interactions_activations.py"
+
+
+def studyb_generate_inputs(w):
+    sets = (f"results/{w.model}/greedy/{w.dataset}.parquet" if w.method == "greedy_minimal"
+            else f"results/{w.model}/interactions/{w.dataset}/selected.parquet")
+    return {**studyb_inputs(w), "sets": sets}
+
+
+rule studyb_generate:
+    input:
+        unpack(studyb_generate_inputs),
+    output:
+        "results/{model}/studyb/{dataset}/generations/{method}.parquet",
+    wildcard_constraints:
+        method=_alternatives(STUDYB_METHODS),
+    params:
+        code=code_version("generation", "greedy", "methods", "interventions", "judges", "pipeline"),
+        settings=settings(*STUDYB_KEYS, *GENERATION_KEYS),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/studyb/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/out/{model}/studyb_generate_{dataset}_{method}.tsv"
+    script:
+        "../workflow_scripts/studyb_generate.py"
+
+
+rule studyb_metrics:
+    input:
+        greedy=lambda w: [f"results/{w.model}/greedy/{d}.parquet" for d in CFG.evaluation.datasets],
+        generations=lambda w: [f"results/{w.model}/studyb/{d}/generations/{m}.parquet"
+                               for d in CFG.evaluation.datasets for m in STUDYB_METHODS],
+        fits=lambda w: [f"results/{w.model}/interactions/{d}/fit.parquet" for d in CFG.evaluation.datasets],
+        activations="results/{model}/interactions/activations/fit.parquet",
+    output:
+        "results/{model}/metrics/studyb.parquet",
+    params:
+        code=code_version("metrics", "greedy"),
+        settings=settings("seed"),
+    conda:
+        ENV
+    log:
+        "logs/{model}/metrics/studyb.log",
+    benchmark:
+        "benchmarks/out/{model}/studyb_metrics.tsv"
+    script:
+        "../workflow_scripts/studyb_metrics.py"
