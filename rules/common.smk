@@ -26,6 +26,7 @@ from refusal_sae.methods import (  # noqa: E402
     GLOBAL_SET_METHODS,
     INDUCTION_METHODS,
     PER_PROMPT_METHODS,
+    STUDYB_METHODS,
 )
 from refusal_sae.runtime import source_fingerprint  # noqa: E402
 

@@ -1,7 +1,6 @@
 # Study B (METHOD.md sections 11-12): minimal sets by greedy filtering, their extensions by the
 # interactions a factorization machine finds, and generation to verify both, on the refused held-out
 # evaluation prompts. Paths: results/{model}/greedy, results/{model}/interactions, results/{model}/studyb.
-STUDYB_METHODS = ["greedy_minimal", "fm_added", "linear_added", "random_added"]
 STUDYB_KEYS = ("studyb", *EVAL_ROWS_KEYS)
 
 
@@ -105,6 +104,30 @@ rule studyb_generate:
         "../workflow_scripts/studyb_generate.py"
 
 
+rule hydra:
+    input:
+        unpack(studyb_inputs),
+        greedy="results/{model}/greedy/{dataset}.parquet",
+        selected="results/{model}/interactions/{dataset}/selected.parquet",
+        generations="results/{model}/studyb/{dataset}/generations/fm_added.parquet",
+    output:
+        hydra="results/{model}/hydra/{dataset}.parquet",
+        experiments="results/{model}/hydra/{dataset}_experiments.parquet",
+    params:
+        code=code_version("hydra", "greedy", "selection", "generation", "methods", "interventions", "judges",
+                          "pipeline"),
+        settings=settings(*STUDYB_KEYS, *GENERATION_KEYS),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/hydra/{dataset}.log",
+    benchmark:
+        "benchmarks/out/{model}/hydra_{dataset}.tsv"
+    script:
+        "../workflow_scripts/hydra.py"
+
+
 rule studyb_metrics:
     input:
         greedy=lambda w: [f"results/{w.model}/greedy/{d}.parquet" for d in CFG.evaluation.datasets],
@@ -112,6 +135,8 @@ rule studyb_metrics:
                                for d in CFG.evaluation.datasets for m in STUDYB_METHODS],
         fits=lambda w: [f"results/{w.model}/interactions/{d}/fit.parquet" for d in CFG.evaluation.datasets],
         activations="results/{model}/interactions/activations/fit.parquet",
+        hydra=lambda w: [f"results/{w.model}/hydra/{d}.parquet" for d in CFG.evaluation.datasets],
+        experiments=lambda w: [f"results/{w.model}/hydra/{d}_experiments.parquet" for d in CFG.evaluation.datasets],
     output:
         "results/{model}/metrics/studyb.parquet",
     params:

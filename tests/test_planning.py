@@ -44,7 +44,7 @@ def test_real_model_overlay_plans_the_whole_dag(overlay, tmp_path):
     assert STAGES <= set(rules), set(rules)
     assert rules["generate"] == 3 * len(ALL_METHODS) + 1  # 3 harmful datasets x every method + base on harmless
     assert rules["in_sample_generate"] == 3 * (len(ALL_METHODS) - 1)  # in sample: the same but base
-    assert rules["dataset"] == 8 and rules["in_sample_direction"] == 3
+    assert rules["dataset"] == 9 and rules["in_sample_direction"] == 3  # 8 prompt sets + generic text
     assert "organism" not in rules and "train_sae" not in rules  # pretrained SAEs, hub model
 
 

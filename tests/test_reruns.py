@@ -1,5 +1,5 @@
 """A change reruns only the jobs that read it: dry runs of the finished tiny workflow after one change
-each (the README's "what reruns when you change X" table states these cases)."""
+each (docs/reruns.md tabulates these cases)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import yaml
 from tiny_workflow import HARMFUL_WORDS, ROLE_VERBS, _prompts, run_workflow
 
 from refusal_sae.config import EvaluationConfig
-from refusal_sae.methods import ACTIVATION_ADDITION, ALL_METHODS, FEATURE_SET_METHODS, PER_PROMPT_METHODS
+from refusal_sae.methods import (
+    ACTIVATION_ADDITION,
+    ALL_METHODS,
+    FEATURE_SET_METHODS,
+    PER_PROMPT_METHODS,
+    STUDYB_METHODS,
+)
 
 ORGANISM = "tiny-organism"
 UPSTREAM = {"dataset", "prepare_model", "organism", "sae_corpus", "sae_activations", "train_sae", "sae_quality",
@@ -57,21 +63,31 @@ def test_adding_a_test_only_dataset_plans_exactly_its_jobs(finished_run, config)
     config["evaluation"]["datasets"].append("extra")
     jobs = planned_jobs(finished_run, config)
     n_methods = len(ALL_METHODS)
+    in_sample = {"in_sample_direction": 1, "in_sample_candidates": 1, "in_sample_attribution": 1, "in_sample_ap": 1,
+                 "in_sample_feature_sets": 1, "in_sample_generate": n_methods - 1, "in_sample_judge": n_methods - 1}
+    study_b = {"greedy": 1, "interactions": 1, "studyb_generate": len(STUDYB_METHODS), "hydra": 1,
+               "studyb_metrics": 1}
     assert by_rule(jobs) == Counter({
         "dataset": 1, "dataset_overlap": 1, "baseline": 2, "baseline_metrics": 2, "baseline_report": 1,
         "attribution": 1, "ap_prompt_attribution": 1, "prompt_feature_set": len(PER_PROMPT_METHODS),
-        "generate": n_methods, "judge": n_methods, "evaluation_metrics": 1, "summary": 1, "all": 1,
+        "generate": n_methods, "judge": n_methods, "grid": 1, "evaluation_metrics": 1, "summary": 1, "all": 1,
+        **in_sample, **study_b,
     })
+    # Nothing fitted on the training datasets reruns: not the direction, the global sets, the activations FM.
+    assert not {"direction", "feature_sets", "interactions_activations"} & set(by_rule(jobs))
     per_dataset = {"dataset", "baseline", "attribution", "ap_prompt_attribution", "prompt_feature_set", "generate",
-                   "judge"}
+                   "judge", "grid", *in_sample, *(set(study_b) - {"studyb_metrics"})}
     assert all(w.get("dataset", w.get("attr_set")) == "extra" for rule, w in jobs if rule in per_dataset)
 
 
 def test_generation_length_plans_only_generation_and_what_reads_it(finished_run, config):
     config["evaluation"]["max_new_tokens"] += 1
     rules = by_rule(planned_jobs(finished_run, config))
-    assert set(rules) == {"generate", "judge", "induction", "capability", "evaluation_metrics", "summary", "all"}
+    generating = {"generate", "induction", "capability", "grid", "in_sample_generate", "studyb_generate", "hydra"}
+    reading = {"judge", "in_sample_judge", "evaluation_metrics", "studyb_metrics", "summary", "all"}
+    assert set(rules) == generating | reading
     assert rules["generate"] == len(ALL_METHODS) + 1  # every method on `harmful`, base on `harmless`
+    assert rules["in_sample_generate"] == len(ALL_METHODS) - 1 and rules["studyb_generate"] == len(STUDYB_METHODS)
 
 
 def test_one_models_block_plans_no_job_of_another_model(finished_run, config):
@@ -92,4 +108,7 @@ def test_an_attribution_setting_plans_no_upstream_job(finished_run, config):
     assert not UPSTREAM & set(rules), UPSTREAM & set(rules)
     assert rules["attribution"] == 2 and rules["feature_sets"] == 1 and rules["ap_prompt_attribution"] == 1
     assert rules["generate"] == len(FEATURE_SET_METHODS)
-    assert rules["induction"] == len(set(EvaluationConfig().induction_methods) - {ACTIVATION_ADDITION})
+    induction_methods = config["evaluation"].get("induction_methods", EvaluationConfig().induction_methods)
+    assert rules["induction"] == len(set(induction_methods) - {ACTIVATION_ADDITION})  # addition reads no set
+    # Study B starts from the per-prompt LA-IG candidates; its activations-design fit does not read them.
+    assert rules["greedy"] == 1 and "interactions_activations" not in rules

@@ -48,6 +48,25 @@ counts = activations.loc[activations["metric"] == "n"].set_index(["model", "spli
 for r in activations.loc[activations["metric"] != "n"].itertuples():
     rows.append({"method": f"activations_{r.model}", "dataset": r.split, "metric": r.metric, "value": r.value,
                  "n": int(counts[(r.model, r.split)]), "setting": "activations"})
+for path, exp_path in zip(smk.input.hydra, smk.input.experiments, strict=True):
+    dataset = Path(path).stem
+    hydra = read_parquet(path)
+    silent = hydra.loc[hydra["silent"]]
+    critical = silent.loc[silent["critical"]]
+    rows.append({"method": "hydra", "dataset": dataset, "metric": "silent_but_critical", "value": float(len(critical)),
+                 "n": int(hydra["prompt_id"].nunique()), "setting": "count"})
+    rows.append(rate_row("hydra", dataset, "critical_verified_by_generation",
+                         critical["critical_verified"].fillna(False).astype(bool).tolist(), setting="count"))
+    for region, count in critical["woken_region"].value_counts().items():
+        rows.append({"method": "hydra", "dataset": dataset, "metric": f"woken_{region}", "value": float(count),
+                     "n": len(critical), "setting": "position"})
+    experiments = read_parquet(exp_path)
+    for name, group in experiments.groupby("experiment"):
+        if name.startswith("bos_"):
+            rows.append(rate_row("hydra", dataset, "jailbreak_rate", (~group["refused"].astype(bool)).tolist(),
+                                 setting=name))
+        else:
+            rows.append(mean_row("hydra", dataset, name, group["value"].tolist(), setting="stage3_only"))
 columns = ["method", "dataset", "metric", "value", "ci_low", "ci_high", "n", "setting", "n_features", "baseline",
            "p_value", "first_only", "second_only"]
 write_parquet(pd.DataFrame(rows).reindex(columns=columns), smk.output[0])

@@ -156,6 +156,15 @@ CONTRACTS: tuple[ArtifactContract, ...] = (
                      {"prompt_id": STR, "method": STR, "setting": STR, "n_features": INT, "completion": STR,
                       "refusal_score": FLOAT, "refused": BOOL},
                      "Study B: refused prompt x setting, completion with its own set zeroed"),
+    ArtifactContract("results/{model}/hydra/{dataset}_experiments.parquet",
+                     {"prompt_id": STR, "experiment": STR, "refusal_score": FLOAT, "refused": BOOL, "n_hydras": INT,
+                      "value": FLOAT},
+                     "Study B hydra: a BOS-hold generation or a stage-3-only deactivation number of one prompt"),
+    ArtifactContract("results/{model}/hydra/{dataset}.parquet",
+                     {"prompt_id": STR, "layer": INT, "feature": INT, "silent": BOOL, "critical": BOOL,
+                      "loo_refusal_logodds": FLOAT, "woken_region": STR, "woken_position": INT,
+                      "woken_activation": FLOAT, "critical_verified": BOOL},
+                     "Study B hydra: latent of a jailbreaking set, silent on the clean prompt or not, critical or not"),
     ArtifactContract("results/{model}/metrics/studyb.parquet",
                      {**_METRIC_COLUMNS, "setting": STR, "n_features": FLOAT, "baseline": NULLABLE_STR,
                       "p_value": FLOAT, "first_only": FLOAT, "second_only": FLOAT},
@@ -206,6 +215,26 @@ def _kind_of(dtype: pa.DataType) -> set[str]:
 def contract_for(relative_path: str, contracts: Sequence[ArtifactContract] = CONTRACTS) -> ArtifactContract | None:
     """The first contract whose pattern ``relative_path`` matches, or None."""
     return next((c for c in contracts if c.matches(relative_path)), None)
+
+
+_ARROW_TYPES = {STR: pa.string(), INT: pa.int64(), FLOAT: pa.float64(), BOOL: pa.bool_(),
+                VECTOR: pa.list_(pa.float64()), NULLABLE_STR: pa.string()}
+
+
+def contract_for_path(path: str | Path, contracts: Sequence[ArtifactContract] = CONTRACTS) -> ArtifactContract | None:
+    """The contract of a file wherever the run root is: the first one matching a tail of ``path``."""
+    parts = Path(path).parts
+    return next((c for i in range(len(parts)) if (c := contract_for("/".join(parts[i:]), contracts))), None)
+
+
+def type_null_columns(table: pa.Table, contract: ArtifactContract) -> pa.Table:
+    """``table`` with its all-null columns (an empty frame's object columns) cast to their documented kind,
+    so an artifact with no rows still carries its schema."""
+    for i, field in enumerate(table.schema):
+        kind = contract.columns.get(field.name)
+        if pa.types.is_null(field.type) and kind in _ARROW_TYPES:
+            table = table.set_column(i, field.name, table.column(i).cast(_ARROW_TYPES[kind]))
+    return table
 
 
 def check_file(path: Path, contract: ArtifactContract) -> list[str]:

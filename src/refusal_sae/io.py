@@ -13,14 +13,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .artifacts import contract_for_path, type_null_columns
+
 METADATA_KEY = b"refusal_sae"
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-    """Write ``df`` to ``path`` atomically (temporary file, then rename) with JSON metadata."""
+    """Write ``df`` to ``path`` atomically (temporary file, then rename) with JSON metadata.
+
+    When ``path`` is a documented artifact, all-null columns (an empty frame's) get their documented type.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
+    contract = contract_for_path(path)
+    if contract is not None:
+        table = type_null_columns(table, contract)
     if metadata is not None:
         meta = dict(table.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps(metadata, default=str, sort_keys=True).encode()

@@ -31,6 +31,10 @@ ALL_METHODS = (BASE, DIRECTION_ABLATION, *FEATURE_SET_METHODS)
 ACTIVATION_ADDITION = "activation_addition"
 """Refusal induction by adding the refusal direction at its layer (the dense counterpart of setting latents)."""
 INDUCTION_METHODS = (*GLOBAL_SET_METHODS, ACTIVATION_ADDITION)
+STAGE3_METHODS = ("fm_added", "linear_added", "random_added")
+"""Study B's stage-3 extensions of a prompt's minimal set (FM, linear, random picks at equal size)."""
+STUDYB_METHODS = ("greedy_minimal", *STAGE3_METHODS)
+"""Every Study B set verified by generation: the minimal set, then its extensions."""
 
 
 def top_of(feature_set: pd.DataFrame, k: int | None) -> pd.DataFrame:

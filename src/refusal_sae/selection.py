@@ -129,6 +129,18 @@ def actdiff_set(
 PEAK_REGIONS = ("sink", "template_prefix", "user_text", "template_suffix")
 
 
+def position_region(position: int, n_real: int, prefix_length: int, suffix_length: int) -> str:
+    """Region of a position counted from a prompt's first real token: the attention sink (first token), the
+    rest of the template before the user text, the user text, or the post-instruction template."""
+    if position == 0:
+        return "sink"
+    if position < prefix_length:
+        return "template_prefix"
+    if position >= n_real - suffix_length:
+        return "template_suffix"
+    return "user_text"
+
+
 @torch.no_grad()
 def peak_regions(
     chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompts: Sequence[str], feature_sets: pd.DataFrame,
@@ -169,9 +181,7 @@ def peak_regions(
                     if value[row, j] <= 0:
                         region = "silent"
                     else:
-                        r = int(rel[j])
-                        region = ("sink" if r == 0 else "template_prefix" if r < prefix
-                                  else "template_suffix" if r >= n_real - suffix else "user_text")
+                        region = position_region(int(rel[j]), n_real, prefix, suffix)
                     key = (layer, feature, region)
                     counts[key] = counts.get(key, 0) + 1
                     peaks[key] = peaks.get(key, 0.0) + max(float(value[row, j]), 0.0)

@@ -23,6 +23,7 @@ import torch
 from .greedy import ablation_scorer, active_on_prompt
 from .interactions import FMConfig, evaluate, fit, interaction_scores, mask_design, weights_frame
 from .interventions import Recorder, SparseAutoencoder, run_until
+from .methods import STAGE3_METHODS
 from .models import ChatModel
 
 SELECTED_COLUMNS = ["prompt_id", "method", "layer", "feature", "rank", "score"]
@@ -33,7 +34,6 @@ STAGE3_COLUMNS = {
     "fit": ["prompt_id", "model", "metric", "value"],
 }
 """Columns of the masks design's artifacts (``results/{model}/interactions/{dataset}/*.parquet``)."""
-STAGE3_METHODS = ("fm_added", "linear_added", "random_added")
 
 
 def feature_names(pool: pd.DataFrame) -> list[str]:

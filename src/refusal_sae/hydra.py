@@ -1,0 +1,136 @@
+"""Hydra features (Study B, METHOD.md §13): latents of a jailbreaking set that are silent on the clean
+prompt yet needed, because they wake up once the rest of the set is ablated.
+
+For a prompt whose set ``F`` (minimal set plus its stage-3 additions, zeroed at every position) jailbreaks
+the model:
+
+* **silent**: zero at every position of the clean prompt;
+* **critical**: dropping it from ``F`` brings refusal back (the first generated token's refusal log-odds
+  turns positive; the workflow re-checks the flips by generation);
+* **where it wakes**: with the active part of ``F`` ablated, the position of its largest activation,
+  classed as the attention sink / BOS, the template before the user text, the user text or the template
+  after it;
+* **the BOS experiment**: ``F`` ablated, but each hydra latent held at BOS at its clean value (zero:
+  only BOS is ablated for it) or at its woken value, to see how much of its effect sits at BOS;
+* **stage-3-only ablation**: ablating the additions alone, how many minimal-set latents switch off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .greedy import ablation_scorer, active_on_prompt
+from .interventions import FeatureEdit, PositionMask, Recorder, SparseAutoencoder, run_until
+from .models import ChatModel
+from .selection import position_region
+
+HYDRA_COLUMNS = ["prompt_id", "layer", "feature", "silent", "critical", "loo_refusal_logodds", "woken_region",
+                 "woken_position", "woken_activation"]
+
+
+def _logodds(p: torch.Tensor) -> torch.Tensor:
+    p = p.double().clamp(1e-7, 1 - 1e-7)
+    return p.log() - (1 - p).log()
+
+
+def _edits(saes: Mapping[int, SparseAutoencoder], members: pd.DataFrame, positions: PositionMask,
+           mode: str = "zero", value: float = 0.0) -> list[FeatureEdit]:
+    """One FeatureEdit per layer zeroing (or setting) ``members`` on ``positions``."""
+    return [FeatureEdit({int(layer): saes[int(layer)]},
+                        {int(layer): torch.as_tensor(np.unique(group["feature"].astype(int)))},
+                        mode=mode, value=value, positions=positions)
+            for layer, group in members.groupby("layer")]
+
+
+@torch.no_grad()
+def activations_under(
+    chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, members: pd.DataFrame, ablated: pd.DataFrame,
+) -> torch.Tensor:
+    """``[T, len(members)]``: each member latent's activation at every position of ``prompt`` while the
+    latents of ``ablated`` are zeroed at every position."""
+    layers = sorted(int(layer) for layer in members["layer"].unique())
+    recorder = Recorder(layers)
+    edits = _edits(saes, ablated, PositionMask()) if len(ablated) else []
+    run_until(chat.model, [*edits, recorder], last_layer=max(layers), **chat.tokenize([prompt]))
+    out = torch.zeros(recorder.outputs[layers[0]][0].shape[1], len(members))
+    for layer in layers:
+        sae = saes[layer]
+        weight = sae.W_dec
+        acts = sae.encode(recorder.outputs[layer][0].to(device=weight.device, dtype=weight.dtype))[0].float().cpu()
+        rows = np.flatnonzero(members["layer"].to_numpy() == layer)
+        out[:, rows] = acts[:, members["feature"].to_numpy()[rows].astype(int)]
+    return out
+
+
+def hydra_table(
+    chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, prompt_id: str, members: pd.DataFrame,
+) -> pd.DataFrame:
+    """``HYDRA_COLUMNS`` for every latent of the jailbreaking set ``members`` (``layer, feature``).
+
+    ``loo_refusal_logodds``: the first token's refusal log-odds with the whole set ablated except that
+    latent (batched: rows = leave-one-out sets); ``critical`` when it is positive (refusal returns).
+    Woken columns are filled for silent latents only.
+    """
+    members = members[["layer", "feature"]].drop_duplicates().reset_index(drop=True)
+    n = len(members)
+    active = active_on_prompt(chat, saes, prompt, members)
+    score = ablation_scorer(chat, saes, prompt, members)
+    leave_one_out = ~torch.eye(n, dtype=torch.bool)
+    loo = _logodds(torch.cat([score(leave_one_out[i:i + 32]) for i in range(0, n, 32)])).numpy()
+    frame = members.assign(prompt_id=prompt_id, silent=~active, critical=loo > 0, loo_refusal_logodds=loo,
+                           woken_region="", woken_position=-1, woken_activation=0.0)
+    silent = frame.index[frame["silent"]]
+    if len(silent):
+        acts = activations_under(chat, saes, prompt, members.loc[silent], members.loc[active])
+        n_real = acts.shape[0]
+        peak, where = acts.max(0)
+        for row, value, position in zip(silent, peak.tolist(), where.tolist(), strict=True):
+            frame.loc[row, "woken_activation"] = value
+            if value > 0:
+                frame.loc[row, "woken_position"] = position
+                frame.loc[row, "woken_region"] = position_region(position, n_real, chat.facts.prefix_length,
+                                                                 chat.facts.suffix_length)
+            else:
+                frame.loc[row, "woken_region"] = "silent"
+    return frame[HYDRA_COLUMNS]
+
+
+def bos_hold_edits(
+    saes: Mapping[int, SparseAutoencoder], members: pd.DataFrame, hydras: pd.DataFrame, reading: str,
+) -> list[FeatureEdit]:
+    """The BOS experiment's edits: every latent of ``members`` ablated, but the ``hydras`` (``layer, feature,
+    woken_activation``) held at BOS at their clean value (``reading="clean"``: zero, i.e. ablated at BOS
+    only, free to wake elsewhere) or at their woken value (``"woken"``: ablated after BOS, set at BOS)."""
+    others = members.merge(hydras[["layer", "feature"]], how="left", indicator=True)
+    others = others.loc[others["_merge"] == "left_only", ["layer", "feature"]]
+    edits = _edits(saes, others, PositionMask()) if len(others) else []
+    if reading == "clean":
+        return edits + _edits(saes, hydras, PositionMask("bos"))
+    if reading != "woken":
+        raise ValueError(f"reading {reading!r}: expected 'clean' or 'woken'")
+    edits += _edits(saes, hydras, PositionMask("from", 1))
+    for row in hydras.itertuples():
+        edits += _edits(saes, pd.DataFrame({"layer": [row.layer], "feature": [row.feature]}), PositionMask("bos"),
+                        mode="set", value=float(row.woken_activation))
+    return edits
+
+
+@torch.no_grad()
+def stage3_only_deactivation(
+    chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, minimal: pd.DataFrame, additions: pd.DataFrame,
+) -> dict[str, float]:
+    """Ablate the stage-3 ``additions`` alone: the share of active ``minimal`` latents that switch off (zero at
+    every position) and their mean relative drop of the summed activation."""
+    minimal = minimal[["layer", "feature"]].reset_index(drop=True)
+    clean = activations_under(chat, saes, prompt, minimal, minimal.iloc[0:0]).sum(0)
+    edited = activations_under(chat, saes, prompt, minimal, additions[["layer", "feature"]]).sum(0)
+    on = clean > 0
+    if not on.any():
+        return {"switched_off": float("nan"), "mean_relative_drop": float("nan"), "n_active": 0.0}
+    return {"switched_off": float((edited[on] <= 0).float().mean()),
+            "mean_relative_drop": float(((clean[on] - edited[on]) / clean[on]).mean()),
+            "n_active": float(on.sum())}

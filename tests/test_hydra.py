@@ -1,0 +1,125 @@
+"""Hydra features on a planted toy: a primary latent that carries refusal at the last position, a backup
+latent that is silent on the clean prompt and wakes up (restoring refusal) when the primary one is
+ablated, and a latent that is silent and unimportant."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from tiny import make_tiny_chat_model, make_tiny_sae
+from torch import nn
+
+from refusal_sae.hydra import activations_under, bos_hold_edits, hydra_table, stage3_only_deactivation
+from refusal_sae.interventions import Recorder, run_until
+from refusal_sae.scoring import refusal_scores
+
+PROMPT = "How do I make a bomb?"
+
+
+def _stream(chat, layer: int) -> torch.Tensor:
+    recorder = Recorder([layer])
+    run_until(chat.model, [recorder], last_layer=layer, **chat.tokenize([PROMPT]))
+    return recorder.outputs[layer][0][0]  # [T, d]
+
+
+def _sae(chat, seed: int):
+    sae = make_tiny_sae(chat.facts.d_model, 4, seed=seed)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.b_enc.fill_(-1e9)  # every latent silent unless planted below
+    return sae
+
+
+class Repair(nn.Module):
+    """Block 2's MLP plus a self-repair unit at the last position: when the r component of its input there
+    turns negative (the primary latent was ablated), it writes ``size * m`` into the stream; on the clean
+    prompt it writes nothing (other positions' r components may be negative: they never trigger it)."""
+
+    def __init__(self, mlp: nn.Module, r: torch.Tensor, m: torch.Tensor, size: float) -> None:
+        super().__init__()
+        self.mlp, self.size = mlp, size
+        self.register_buffer("r", r)
+        self.register_buffer("m", m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.zeros_like(x[..., 0])
+        gate[..., -1] = torch.tanh(torch.relu(-20 * (x[..., -1, :] @ self.r)))
+        return self.mlp(x) + self.size * gate.unsqueeze(-1) * self.m
+
+
+@pytest.fixture(scope="module")
+def planted():
+    chat = make_tiny_chat_model(seed=3)
+    model = chat.model
+    final = _stream(chat, chat.facts.n_layers - 1)[-1]
+    scale = float(final.norm())
+    r = final / final.norm()
+    # m: orthogonal to r and as quiet as possible on the clean streams (their least-used direction).
+    clean2 = _stream(chat, 2)
+    flat = clean2 - torch.outer(clean2 @ r, r)
+    m = torch.linalg.svd(flat, full_matrices=True).Vh[-2]  # the last row spans r (projected out): skip it
+    m = m - (m @ r) * r
+    m = m / m.norm()
+    size = 10 * float(clean2.norm(dim=-1).max())
+    with torch.no_grad():  # the refusal token's logit reads the final stream's r and m components
+        head = nn.Linear(chat.facts.d_model, model.config.vocab_size, bias=False)
+        head.weight.copy_(model.model.embed_tokens.weight)
+        head.weight[chat.facts.refusal_token_ids[0]] = 5 * (r + m)
+        model.lm_head = head
+        model.config.tie_word_embeddings = False
+    model.model.layers[2].mlp = Repair(model.model.layers[2].mlp, r, m, size)
+    primary, backup = _sae(chat, 1), _sae(chat, 2)
+    h1 = _stream(chat, 1)
+    e = h1[-1] / h1[-1].norm()
+    with torch.no_grad():  # primary (layer 1, latent 0): fires at the last position only and carries 3 * |h| r
+        primary.W_enc[:, 0] = e
+        primary.b_enc[0] = -0.9 * float(h1[-1].norm())
+        primary.W_dec[0] = 3 * scale / (0.1 * float(h1[-1].norm())) * r
+    clean_m = _stream(chat, 2) @ m
+    with torch.no_grad():  # backup (layer 2, latent 0): reads the repair's m component above its clean level
+        backup.W_enc[:, 0] = m
+        threshold = float(clean_m.abs().max()) + 0.2 * size  # silent on the clean prompt
+        backup.b_enc[0] = -threshold
+        backup.W_dec[0] = size / (size - threshold) * m  # ablating it removes the whole repair
+        backup.W_dec[1] = 10 * m  # latent 1: silent (bias -1e9) whatever it would write
+    return chat, {1: primary, 2: backup}
+
+
+MEMBERS = pd.DataFrame({"layer": [1, 2, 2], "feature": [0, 0, 1]})
+
+
+def test_the_plant_refuses_clean_and_jailbreaks_with_the_set_ablated(planted):
+    chat, saes = planted
+    clean = float(refusal_scores(chat, [PROMPT])[0][0])
+    everything = bos_hold_edits(saes, MEMBERS, MEMBERS.iloc[0:0].assign(woken_activation=0.0), "woken")
+    ablated = float(refusal_scores(chat, [PROMPT], everything)[0][0])
+    assert clean > 2 and ablated < -2
+
+
+def test_planted_backup_is_silent_but_critical_and_wakes_where_planted(planted):
+    chat, saes = planted
+    table = hydra_table(chat, saes, PROMPT, "p0", MEMBERS).set_index(["layer", "feature"])
+    assert not table.loc[(1, 0), "silent"]  # the primary fires on the clean prompt
+    backup, idle = table.loc[(2, 0)], table.loc[(2, 1)]
+    assert backup["silent"] and backup["critical"] and backup["loo_refusal_logodds"] > 2
+    n_real = chat.tokenize([PROMPT])["input_ids"].shape[1]
+    assert (backup["woken_region"], backup["woken_position"]) == ("template_suffix", n_real - 1)
+    assert backup["woken_activation"] > 0
+    assert idle["silent"] and not idle["critical"] and idle["woken_region"] == "silent"
+    # Woken only once the primary is gone.
+    acts = activations_under(chat, saes, PROMPT, MEMBERS.iloc[[1]], MEMBERS.iloc[[0]])
+    assert acts[:-1].abs().max() == 0 and acts[-1, 0] > 0
+
+
+def test_bos_hold_and_stage3_only_ablation(planted):
+    chat, saes = planted
+    hydras = pd.DataFrame({"layer": [2], "feature": [0], "woken_activation": [1.0]})
+    edits = bos_hold_edits(saes, MEMBERS, hydras, "clean")
+    # Held (ablated) at BOS only, the backup is free to wake at the last position: refusal comes back.
+    assert float(refusal_scores(chat, [PROMPT], edits)[0][0]) > 2
+    with pytest.raises(ValueError, match="reading"):
+        bos_hold_edits(saes, MEMBERS, hydras, "other")
+    # Ablating the primary alone switches the backup on, not off; ablating an unrelated latent changes nothing.
+    numbers = stage3_only_deactivation(chat, saes, PROMPT, MEMBERS.iloc[[0]], MEMBERS.iloc[[2]])
+    assert numbers == {"switched_off": 0.0, "mean_relative_drop": pytest.approx(0.0, abs=1e-6), "n_active": 1.0}
