@@ -33,6 +33,21 @@ def direction_markdown(frame: pd.DataFrame, lowest: int = 12) -> str:
     return "\n".join(lines) + "\n"
 
 
+def metrics_markdown(frame: pd.DataFrame, keys: list[str], title: str, note: str) -> str:
+    """A long metrics table as markdown: the ``keys`` columns, then value [interval] (n)."""
+    lines = [f"## {title}\n", note + "\n", "| " + " | ".join([*keys, "value", "n"]) + " |",
+             "|" + "---|" * (len(keys) + 2)]
+    for r in frame.itertuples():
+        value = f"{r.value:.3f}"
+        if pd.notna(getattr(r, "ci_low", float("nan"))):
+            value += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        if pd.notna(getattr(r, "p_value", float("nan"))):
+            value += f" p={r.p_value:.3g}"
+        cells = ["" if pd.isna(getattr(r, k)) else str(getattr(r, k)) for k in keys]
+        lines.append("| " + " | ".join([*cells, value, str(r.n)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     model = sys.argv[1] if len(sys.argv) > 1 else "smollm2-organism"
     out = [f"# Results of the embedded default ({model})\n",
@@ -59,6 +74,18 @@ def main() -> None:
     summary = Path(f"results/{model}/report/summary.md")
     if summary.exists():
         out.append(summary.read_text().replace(f"# {model}: evaluation summary", "## Evaluation summary"))
+    long_tables = (
+        ("grid", ["method", "dataset", "metric", "clamp_scale", "k_star"], "Operating-point grid (held-out)",
+         "Clamp scale x set size for each grid method: jailbreak rate (Wilson interval) and mean first-token "
+         "refusal log-odds (bootstrap interval)."),
+        ("studyb", ["method", "dataset", "metric", "setting", "baseline"], "Study B: minimal sets, interactions, hydra",
+         "Refused held-out prompts only. Rates with Wilson intervals; paired rows: difference vs `baseline` on "
+         "the same prompts with McNemar's p."),
+    )
+    for name, keys, title, note in long_tables:
+        path = Path(f"results/{model}/metrics/{name}.parquet")
+        if path.exists():
+            out.append(metrics_markdown(pd.read_parquet(path), keys, title, note))
     times = stage_times(Path("benchmarks/out"))
     if not times.empty:
         out.append("## Wall time per job (Snakemake benchmark files)\n")

@@ -128,6 +128,36 @@ rule hydra:
         "../workflow_scripts/hydra.py"
 
 
+def studyb_capability_inputs(w):
+    inputs = {"model": manifest(w.model), "saes": f"resources/saes/{w.model}/saes.json",
+              "dataset": f"resources/datasets/{HARMLESS}.parquet",
+              "responses": f"results/{w.model}/generations/{HARMLESS}/base.parquet",
+              "selected": [f"results/{w.model}/interactions/{d}/selected.parquet" for d in CFG.evaluation.datasets]}
+    if CFG.evaluation.generic_text:
+        inputs["generic"] = f"resources/datasets/{CFG.evaluation.generic_text}.parquet"
+    return inputs
+
+
+rule studyb_capability:
+    input:
+        unpack(studyb_capability_inputs),
+    output:
+        "results/{model}/studyb/capability.parquet",
+    params:
+        code=code_version("metrics", "methods", "interventions", "selection", "pipeline"),
+        settings=settings(*LOAD_KEYS, "evaluation.batch_size", "evaluation.generic_documents",
+                          "evaluation.generic_max_tokens"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/studyb/capability.log",
+    benchmark:
+        "benchmarks/out/{model}/studyb_capability.tsv"
+    script:
+        "../workflow_scripts/studyb_capability.py"
+
+
 rule studyb_metrics:
     input:
         greedy=lambda w: [f"results/{w.model}/greedy/{d}.parquet" for d in CFG.evaluation.datasets],
@@ -137,10 +167,12 @@ rule studyb_metrics:
         activations="results/{model}/interactions/activations/fit.parquet",
         hydra=lambda w: [f"results/{w.model}/hydra/{d}.parquet" for d in CFG.evaluation.datasets],
         experiments=lambda w: [f"results/{w.model}/hydra/{d}_experiments.parquet" for d in CFG.evaluation.datasets],
+        set_capability="results/{model}/studyb/capability.parquet",
+        capability="results/{model}/metrics/capability.parquet",
     output:
         "results/{model}/metrics/studyb.parquet",
     params:
-        code=code_version("metrics", "greedy"),
+        code=code_version("metrics", "greedy", "selection"),
         settings=settings("seed"),
     conda:
         ENV

@@ -1,6 +1,7 @@
 """Hydra features on a planted toy: a primary latent that carries refusal at the last position, a backup
 latent that is silent on the clean prompt and wakes up (restoring refusal) when the primary one is
-ablated, and a latent that is silent and unimportant."""
+ablated, a latent that is silent and unimportant, and a downstream reader of the primary that switches
+off when the primary is ablated."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tiny import make_tiny_chat_model, make_tiny_sae
 from torch import nn
 
 from refusal_sae.hydra import activations_under, bos_hold_edits, hydra_table, stage3_only_deactivation
-from refusal_sae.interventions import Recorder, run_until
+from refusal_sae.interventions import PositionMask, Recorder, run_until
 from refusal_sae.scoring import refusal_scores
 
 PROMPT = "How do I make a bomb?"
@@ -83,6 +84,11 @@ def planted():
         backup.b_enc[0] = -threshold
         backup.W_dec[0] = size / (size - threshold) * m  # ablating it removes the whole repair
         backup.W_dec[1] = 10 * m  # latent 1: silent (bias -1e9) whatever it would write
+    clean2 = _stream(chat, 2)
+    with torch.no_grad():  # latent 2 at layer 2: reads the clean last stream, writes nothing
+        backup.W_enc[:, 2] = clean2[-1] / clean2[-1].norm()
+        backup.b_enc[2] = -0.9 * float(clean2[-1].norm())
+        backup.W_dec[2] = 0
     return chat, {1: primary, 2: backup}
 
 
@@ -105,7 +111,8 @@ def test_planted_backup_is_silent_but_critical_and_wakes_where_planted(planted):
     assert backup["silent"] and backup["critical"] and backup["loo_refusal_logodds"] > 2
     n_real = chat.tokenize([PROMPT])["input_ids"].shape[1]
     assert (backup["woken_region"], backup["woken_position"]) == ("template_suffix", n_real - 1)
-    assert backup["woken_activation"] > 0
+    assert backup["woken_activation"] > 0 and backup["woken_regions"] == "template_suffix"
+    assert backup["bos_activation"] == 0  # woken at the last position only
     assert idle["silent"] and not idle["critical"] and idle["woken_region"] == "silent"
     # Woken only once the primary is gone.
     acts = activations_under(chat, saes, PROMPT, MEMBERS.iloc[[1]], MEMBERS.iloc[[0]])
@@ -114,12 +121,22 @@ def test_planted_backup_is_silent_but_critical_and_wakes_where_planted(planted):
 
 def test_bos_hold_and_stage3_only_ablation(planted):
     chat, saes = planted
-    hydras = pd.DataFrame({"layer": [2], "feature": [0], "woken_activation": [1.0]})
+    hydras = pd.DataFrame({"layer": [2], "feature": [0], "bos_activation": [1.5]})
     edits = bos_hold_edits(saes, MEMBERS, hydras, "clean")
     # Held (ablated) at BOS only, the backup is free to wake at the last position: refusal comes back.
     assert float(refusal_scores(chat, [PROMPT], edits)[0][0]) > 2
     with pytest.raises(ValueError, match="reading"):
         bos_hold_edits(saes, MEMBERS, hydras, "other")
-    # Ablating the primary alone switches the backup on, not off; ablating an unrelated latent changes nothing.
-    numbers = stage3_only_deactivation(chat, saes, PROMPT, MEMBERS.iloc[[0]], MEMBERS.iloc[[2]])
+    # The woken reading: ablated after BOS, set at BOS to its activation there; the others ablated everywhere.
+    woken = bos_hold_edits(saes, MEMBERS, hydras, "woken")
+    held = [(e.mode, e.value, e.positions) for e in woken if 0 in e.features.get(2, torch.tensor([])).tolist()
+            and len(e.features[2]) == 1]
+    assert ("set", 1.5, PositionMask("bos")) in held and ("zero", 0.0, PositionMask("from", 1)) in held
+    assert any(e.positions == PositionMask() and e.features.get(1, torch.tensor([])).tolist() == [0] for e in woken)
+    # Ablating the primary (a stage-3 addition here) switches off its downstream reader, fully; ablating
+    # the silent latent changes nothing.
+    reader = pd.DataFrame({"layer": [2], "feature": [2]})
+    numbers = stage3_only_deactivation(chat, saes, PROMPT, reader, MEMBERS.iloc[[0]])
+    assert numbers == {"switched_off": 1.0, "mean_relative_drop": pytest.approx(1.0), "n_active": 1.0}
+    numbers = stage3_only_deactivation(chat, saes, PROMPT, reader, MEMBERS.iloc[[2]])
     assert numbers == {"switched_off": 0.0, "mean_relative_drop": pytest.approx(0.0, abs=1e-6), "n_active": 1.0}

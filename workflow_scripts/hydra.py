@@ -1,6 +1,7 @@
 """Entry script: hydra features of one dataset (Study B, METHOD.md §13): for every refused prompt whose
-FM-extended set jailbreaks the model, which of the set's latents are silent but critical, where they wake,
-the BOS experiment and the stage-3-only ablation."""
+FM-extended set jailbreaks the model, which of the set's latents are silent but critical (first-token flip,
+re-checked by generation), where they wake, the BOS experiment on the verified ones (with the jailbreak
+ablation alone generated the same way as its matched baseline) and the stage-3-only ablation."""
 import pandas as pd
 
 from refusal_sae.generation import generate_scored
@@ -46,10 +47,13 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
         rest = rest.loc[rest["_merge"] == "left_only", ["layer", "feature"]]
         table.loc[i, "critical_verified"] = judged(prompt, zeroed(rest, pid) if len(rest) else [])[2]
     tables.append(table)
-    hydras = table.loc[table["silent"] & table["critical"]]
+    verified = table["critical_verified"].fillna(False).astype(bool)
+    hydras = table.loc[table["silent"] & verified]
     if len(hydras):
-        for reading in ("clean", "woken"):
-            text, score, refused = judged(prompt, bos_hold_edits(saes, full, hydras, reading))
+        # The jailbreak ablation alone, built like the two BOS readings and generated beside them (batch 1).
+        for reading, hydras_held in (("none", hydras.iloc[0:0]), ("clean", hydras), ("woken", hydras)):
+            text, score, refused = judged(prompt, bos_hold_edits(saes, full, hydras_held,
+                                                                 "woken" if reading == "none" else reading))
             experiments.append({"prompt_id": pid, "experiment": f"bos_{reading}", "refusal_score": score,
                                 "refused": refused, "n_hydras": len(hydras), "value": float("nan")})
     mine = minimal.loc[minimal["prompt_id"] == pid, ["layer", "feature"]]

@@ -8,6 +8,7 @@ from refusal_sae.greedy import intersect_orders
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.metrics import mean_row, paired_rows, rate_row
 from refusal_sae.runtime import start
+from refusal_sae.selection import PEAK_REGIONS
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
@@ -52,21 +53,57 @@ for path, exp_path in zip(smk.input.hydra, smk.input.experiments, strict=True):
     dataset = Path(path).stem
     hydra = read_parquet(path)
     silent = hydra.loc[hydra["silent"]]
-    critical = silent.loc[silent["critical"]]
-    rows.append({"method": "hydra", "dataset": dataset, "metric": "silent_but_critical", "value": float(len(critical)),
-                 "n": int(hydra["prompt_id"].nunique()), "setting": "count"})
-    rows.append(rate_row("hydra", dataset, "critical_verified_by_generation",
-                         critical["critical_verified"].fillna(False).astype(bool).tolist(), setting="count"))
-    for region, count in critical["woken_region"].value_counts().items():
-        rows.append({"method": "hydra", "dataset": dataset, "metric": f"woken_{region}", "value": float(count),
-                     "n": len(critical), "setting": "position"})
+    verified = silent.loc[silent["critical_verified"].fillna(False).astype(bool)]
+    n_prompts = int(hydra["prompt_id"].nunique())
+    for metric, frame in (("silent", silent), ("silent_but_critical", silent.loc[silent["critical"]]),
+                          ("silent_but_critical_verified", verified)):
+        rows.append({"method": "hydra", "dataset": dataset, "metric": metric, "value": float(len(frame)),
+                     "n": n_prompts, "setting": "count"})
+    for region, count in verified["woken_region"].value_counts().items():
+        rows.append({"method": "hydra", "dataset": dataset, "metric": f"peak_{region}", "value": float(count),
+                     "n": len(verified), "setting": "position"})
+    fires_in = verified["woken_regions"].fillna("").str.split(";")
+    for region in PEAK_REGIONS:
+        rows.append(rate_row("hydra", dataset, f"fires_in_{region}", [region in r for r in fires_in],
+                             setting="position"))
     experiments = read_parquet(exp_path)
-    for name, group in experiments.groupby("experiment"):
-        if name.startswith("bos_"):
-            rows.append(rate_row("hydra", dataset, "jailbreak_rate", (~group["refused"].astype(bool)).tolist(),
-                                 setting=name))
-        else:
-            rows.append(mean_row("hydra", dataset, name, group["value"].tolist(), setting="stage3_only"))
+    bos = {name: group.set_index("prompt_id") for name, group in experiments.groupby("experiment")
+           if name.startswith("bos_")}
+    for name, group in bos.items():
+        rows.append(rate_row("hydra", dataset, "jailbreak_rate", (~group["refused"].astype(bool)).tolist(),
+                             setting=name))
+    if "bos_none" in bos:
+        none = bos["bos_none"]
+        none_rate = float((~none["refused"].astype(bool)).mean())
+        for name in ("bos_clean", "bos_woken"):
+            if name not in bos:
+                continue
+            held = bos[name].loc[none.index]
+            for row in paired_rows(name, "bos_none", dataset, (~held["refused"].astype(bool)).tolist(),
+                                   (~none["refused"].astype(bool)).tolist(), held["refusal_score"].tolist(),
+                                   none["refusal_score"].tolist(), seed=cfg.seed):
+                rows.append({**row, "method": "hydra", "setting": name})
+            drop = (none_rate - float((~held["refused"].astype(bool)).mean())) / none_rate if none_rate else float("nan")
+            rows.append({"method": "hydra", "dataset": dataset, "metric": "jailbreak_relative_drop", "value": drop,
+                         "n": len(none), "setting": name, "baseline": "bos_none"})
+    stage3 = experiments.loc[experiments["experiment"].str.startswith("stage3_only_")]
+    for name, group in stage3.groupby("experiment"):
+        rows.append(mean_row("hydra", dataset, name.removeprefix("stage3_only_"), group["value"].tolist(),
+                             setting="stage3_only"))
+# The study's CE table: base and direction ablation (the capability table) beside the per-prompt sets'
+# ablation, mean and sd over sets.
+capability = read_parquet(smk.input.capability)
+set_capability = read_parquet(smk.input.set_capability)
+for metric, group in set_capability.groupby("metric"):
+    for r in capability.loc[capability["method"].isin(["base", "direction_ablation"])
+                            & (capability["metric"] == metric)].itertuples():
+        rows.append({"method": r.method, "dataset": r.dataset, "metric": metric, "value": r.value,
+                     "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "setting": "ce_table"})
+    rows.append(mean_row("fm_added_sets", "all", metric, group["value"].tolist(), setting="ce_table",
+                         n_features=float(group["n_features"].mean())))
+    rows.append({"method": "fm_added_sets", "dataset": "all", "metric": f"{metric}_sd",
+                 "value": float(group["value"].std(ddof=1)) if len(group) > 1 else float("nan"),
+                 "n": len(group), "setting": "ce_table"})
 columns = ["method", "dataset", "metric", "value", "ci_low", "ci_high", "n", "setting", "n_features", "baseline",
            "p_value", "first_only", "second_only"]
 write_parquet(pd.DataFrame(rows).reindex(columns=columns), smk.output[0])

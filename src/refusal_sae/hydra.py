@@ -7,12 +7,17 @@ the model:
 * **silent**: zero at every position of the clean prompt;
 * **critical**: dropping it from ``F`` brings refusal back (the first generated token's refusal log-odds
   turns positive; the workflow re-checks the flips by generation);
-* **where it wakes**: with the active part of ``F`` ablated, the position of its largest activation,
-  classed as the attention sink / BOS, the template before the user text, the user text or the template
-  after it;
+* **where it wakes**: with the active part of ``F`` ablated, the position of its largest activation and
+  every region where it fires, a region being the attention sink / BOS, the template before the user
+  text, the user text or the template after it (prompt positions only: generated tokens are not read);
 * **the BOS experiment**: ``F`` ablated, but each hydra latent held at BOS at its clean value (zero:
-  only BOS is ablated for it) or at its woken value, to see how much of its effect sits at BOS;
+  only BOS is ablated for it, it is free elsewhere) or at its woken value there (its activation at BOS
+  with the active part of ``F`` ablated; ablated after BOS), to see how much of its effect sits at BOS;
 * **stage-3-only ablation**: ablating the additions alone, how many minimal-set latents switch off.
+
+Activations are read from each layer's stream before that layer's own edits (after every upstream
+layer's): a latent "wakes" only through what the ablation changed upstream of it, never through the
+encoder reading its own layer's edited stream, which the model never computes with.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ import torch
 from .greedy import ablation_scorer, active_on_prompt
 from .interventions import FeatureEdit, PositionMask, Recorder, SparseAutoencoder, run_until
 from .models import ChatModel
-from .selection import position_region
+from .selection import PEAK_REGIONS, position_region
 
 HYDRA_COLUMNS = ["prompt_id", "layer", "feature", "silent", "critical", "loo_refusal_logodds", "woken_region",
-                 "woken_position", "woken_activation"]
+                 "woken_position", "woken_activation", "woken_regions", "bos_activation"]
 
 
 def _logodds(p: torch.Tensor) -> torch.Tensor:
@@ -51,11 +56,12 @@ def activations_under(
     chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, members: pd.DataFrame, ablated: pd.DataFrame,
 ) -> torch.Tensor:
     """``[T, len(members)]``: each member latent's activation at every position of ``prompt`` while the
-    latents of ``ablated`` are zeroed at every position."""
+    latents of ``ablated`` are zeroed at every position (upstream of the member's layer: see the module)."""
     layers = sorted(int(layer) for layer in members["layer"].unique())
     recorder = Recorder(layers)
     edits = _edits(saes, ablated, PositionMask()) if len(ablated) else []
-    run_until(chat.model, [*edits, recorder], last_layer=max(layers), **chat.tokenize([prompt]))
+    # Edits run in list order at each layer: the recorder first reads each layer before its own edits.
+    run_until(chat.model, [recorder, *edits], last_layer=max(layers), **chat.tokenize([prompt]))
     out = torch.zeros(recorder.outputs[layers[0]][0].shape[1], len(members))
     for layer in layers:
         sae = saes[layer]
@@ -72,8 +78,10 @@ def hydra_table(
     """``HYDRA_COLUMNS`` for every latent of the jailbreaking set ``members`` (``layer, feature``).
 
     ``loo_refusal_logodds``: the first token's refusal log-odds with the whole set ablated except that
-    latent (batched: rows = leave-one-out sets); ``critical`` when it is positive (refusal returns).
-    Woken columns are filled for silent latents only.
+    latent (batched: rows = leave-one-out sets); ``critical`` when it is positive (refusal is the likelier
+    first token again; the workflow re-checks these by generation). Woken columns are filled for silent
+    latents only: the peak (position, region, activation), ``woken_regions`` (every region where it fires,
+    ``;``-joined) and ``bos_activation`` (its activation at BOS).
     """
     members = members[["layer", "feature"]].drop_duplicates().reset_index(drop=True)
     n = len(members)
@@ -82,14 +90,20 @@ def hydra_table(
     leave_one_out = ~torch.eye(n, dtype=torch.bool)
     loo = _logodds(torch.cat([score(leave_one_out[i:i + 32]) for i in range(0, n, 32)])).numpy()
     frame = members.assign(prompt_id=prompt_id, silent=~active, critical=loo > 0, loo_refusal_logodds=loo,
-                           woken_region="", woken_position=-1, woken_activation=0.0)
+                           woken_region="", woken_position=-1, woken_activation=0.0, woken_regions="",
+                           bos_activation=0.0)
     silent = frame.index[frame["silent"]]
     if len(silent):
         acts = activations_under(chat, saes, prompt, members.loc[silent], members.loc[active])
         n_real = acts.shape[0]
         peak, where = acts.max(0)
-        for row, value, position in zip(silent, peak.tolist(), where.tolist(), strict=True):
+        regions = [position_region(t, n_real, chat.facts.prefix_length, chat.facts.suffix_length)
+                   for t in range(n_real)]
+        for j, (row, value, position) in enumerate(zip(silent, peak.tolist(), where.tolist(), strict=True)):
             frame.loc[row, "woken_activation"] = value
+            frame.loc[row, "bos_activation"] = float(acts[0, j])
+            fired = {regions[t] for t in torch.nonzero(acts[:, j] > 0).flatten().tolist()}
+            frame.loc[row, "woken_regions"] = ";".join(r for r in PEAK_REGIONS if r in fired)
             if value > 0:
                 frame.loc[row, "woken_position"] = position
                 frame.loc[row, "woken_region"] = position_region(position, n_real, chat.facts.prefix_length,
@@ -103,8 +117,11 @@ def bos_hold_edits(
     saes: Mapping[int, SparseAutoencoder], members: pd.DataFrame, hydras: pd.DataFrame, reading: str,
 ) -> list[FeatureEdit]:
     """The BOS experiment's edits: every latent of ``members`` ablated, but the ``hydras`` (``layer, feature,
-    woken_activation``) held at BOS at their clean value (``reading="clean"``: zero, i.e. ablated at BOS
-    only, free to wake elsewhere) or at their woken value (``"woken"``: ablated after BOS, set at BOS)."""
+    bos_activation``) held at BOS at their clean value (``reading="clean"``: zero, i.e. ablated at BOS
+    only and free to wake elsewhere: the jailbreak ablation is lifted for them after BOS) or at their woken
+    value there (``"woken"``: set to ``bos_activation`` at BOS, ablated after it).
+
+    Each layer's edits are one ``FeatureEdit`` per position mask, applied in order on the same stream."""
     others = members.merge(hydras[["layer", "feature"]], how="left", indicator=True)
     others = others.loc[others["_merge"] == "left_only", ["layer", "feature"]]
     edits = _edits(saes, others, PositionMask()) if len(others) else []
@@ -115,7 +132,7 @@ def bos_hold_edits(
     edits += _edits(saes, hydras, PositionMask("from", 1))
     for row in hydras.itertuples():
         edits += _edits(saes, pd.DataFrame({"layer": [row.layer], "feature": [row.feature]}), PositionMask("bos"),
-                        mode="set", value=float(row.woken_activation))
+                        mode="set", value=float(row.bos_activation))
     return edits
 
 
@@ -124,7 +141,8 @@ def stage3_only_deactivation(
     chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, minimal: pd.DataFrame, additions: pd.DataFrame,
 ) -> dict[str, float]:
     """Ablate the stage-3 ``additions`` alone: the share of active ``minimal`` latents that switch off (zero at
-    every position) and their mean relative drop of the summed activation."""
+    every position) and the mean, over the active ones (those switched off included), of the relative drop
+    of their activation summed over positions."""
     minimal = minimal[["layer", "feature"]].reset_index(drop=True)
     clean = activations_under(chat, saes, prompt, minimal, minimal.iloc[0:0]).sum(0)
     edited = activations_under(chat, saes, prompt, minimal, additions[["layer", "feature"]]).sum(0)
