@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from sae_lens import SAE
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from tiny import make_tiny_sae
 
-from refusal_sae.config import SAESpec
+from refusal_sae.config import ModelConfig, SAESpec, SourceConfig
+from refusal_sae.pipeline import load_model_saes
 from refusal_sae.sae_training import save_sae
 from refusal_sae.saes import load_saes, missing_release_ids, resolve_layers, sae_release_ids
 
@@ -111,3 +114,17 @@ def test_save_then_load_local_round_trip(tmp_path, architecture_k):
 def test_none_type_has_no_saes():
     with pytest.raises(ValueError, match="none"):
         load_saes(SAESpec(type="none"), [0], d_model=8)
+
+
+def test_a_local_spec_loads_through_its_manifest(tmp_path):
+    """``saes.type: local`` (path_template, no directory of the workflow's own): the manifest the
+    saes_manifest rule writes for it has no ``dir``, and the stages load the SAEs from the template."""
+    sae = make_tiny_sae(16, 48, seed=1)
+    save_sae(sae, tmp_path / "given" / "layer_1", {"hook_name": "blocks.1.hook_resid_post"})
+    manifest = tmp_path / "saes.json"
+    manifest.write_text(json.dumps({"type": "local", "layers": [1]}))
+    spec = ModelConfig(source=SourceConfig(type="local", path=str(tmp_path)),
+                       saes=SAESpec(type="local", path_template=str(tmp_path / "given" / "layer_{layer}"), layers=[1]))
+    loaded = load_model_saes(manifest, spec, d_model=16, device="cpu")
+    x = torch.randn(3, 16)
+    assert torch.equal(loaded[1].encode(x), sae.encode(x))

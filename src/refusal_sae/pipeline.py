@@ -29,8 +29,9 @@ def load_model_saes(saes_manifest: str | os.PathLike, spec: ModelConfig, d_model
     if entry["type"] == "pretrained":
         layers = sorted(int(layer) for layer in entry["ids"])
         return load_saes(spec.saes, layers, d_model, device=device_name)
-    if entry["type"] == "local":
-        return load_saes(spec.saes, entry["layers"], d_model, device=device_name, local_dir=Path(entry["dir"]))
+    if entry["type"] == "local":  # trained here: under "dir"; given as sae-lens directories: path_template
+        local_dir = Path(entry["dir"]) if "dir" in entry else None
+        return load_saes(spec.saes, entry["layers"], d_model, device=device_name, local_dir=local_dir)
     raise ValueError(f"{saes_manifest}: model has no SAEs (type {entry['type']!r})")
 
 
