@@ -87,3 +87,19 @@ def test_minimal_sets_frame_and_intersection(tiny_chat, tiny_saes):
     both = intersect_orders(frame)
     per_order = frame.loc[frame["kept"]].groupby(["tau", "layer", "feature"])["order"].nunique()
     assert len(both) == int((per_order == 2).sum())
+
+
+def test_ablation_wakes_only_later_layers(tiny_chat, tiny_saes):
+    """Ablating latents of a layer cannot wake latents of the same layer (they read the same input); the
+    layer is read before its own edits. Latents of later layers see the ablated stream."""
+    prompt = "How do I make a bomb?"
+    features = list(range(64))
+    same_layer = pd.DataFrame({"layer": [2] * len(features), "feature": features, "score": 0.0})
+    clean = active_on_prompt(tiny_chat, tiny_saes, prompt, same_layer)
+    ablated = clean.copy()  # zero every active latent of layer 2
+    np.testing.assert_array_equal(active_on_prompt(tiny_chat, tiny_saes, prompt, same_layer, ablated=ablated), clean)
+    later = pd.concat([same_layer, same_layer.assign(layer=3)], ignore_index=True)
+    mask = np.concatenate([ablated, np.zeros(len(features), dtype=bool)])
+    before = active_on_prompt(tiny_chat, tiny_saes, prompt, later)
+    after = active_on_prompt(tiny_chat, tiny_saes, prompt, later, ablated=mask)
+    assert (after[len(features):] != before[len(features):]).any()

@@ -152,7 +152,8 @@ def active_on_prompt(
     """``[n]`` bool: candidates with a non-zero activation at some position of the prompt.
 
     With ``ablated`` (``[n]`` bool), the candidates it marks are zeroed at every position first, so
-    latents that wake up only once others are removed count as active (Study B's ``R(x)``).
+    latents that wake up only once others are removed count as active (Study B's ``R(x)``). Each layer is
+    read before its own edits, as ``hydra`` reads it: only ablations at earlier layers can wake a latent.
     """
     layers = sorted(int(layer) for layer in candidates["layer"].unique())
     recorder = Recorder(layers)
@@ -163,8 +164,9 @@ def active_on_prompt(
         for j, (layer, column) in enumerate(columns):
             active[layer][0, column] |= bool(ablated[j])
         edits.append(FeatureEdit({layer: saes[layer] for layer in features}, features, mode="zero", row_active=active))
-    # Edits run in list order at each layer, so the recorder sees the ablated stream.
-    run_until(chat.model, [*edits, recorder], last_layer=max(layers), **chat.tokenize([prompt]))
+    # Edits run in list order at each layer: the recorder reads each layer before its own edits (a latent
+    # cannot be woken by ablating latents of its own layer, only re-encoded), and after earlier layers'.
+    run_until(chat.model, [recorder, *edits], last_layer=max(layers), **chat.tokenize([prompt]))
     active = np.zeros(len(candidates), dtype=bool)
     for layer in layers:
         sae = saes[layer]
