@@ -30,6 +30,7 @@ include: "rules/discovery.smk"
 include: "rules/evaluation.smk"
 include: "rules/in_sample.smk"
 include: "rules/studyb.smk"
+include: "rules/analysis.smk"
 
 
 rule all:

@@ -81,11 +81,23 @@ def main() -> None:
         ("studyb", ["method", "dataset", "metric", "setting", "baseline"], "Study B: minimal sets, interactions, hydra",
          "Refused held-out prompts only. Rates with Wilson intervals; paired rows: difference vs `baseline` on "
          "the same prompts with McNemar's p."),
+        ("suppression", ["method", "dataset", "metric", "group"], "Study A: adversarial pairs and jailbreak suppression",
+         "`method` is the variant source. Jailbreak rate among pairs whose explicit request is refused (Wilson); "
+         "mean relative drop of the refusal features' activation (last prompt tokens) for pairs that jailbreak "
+         "and that fail (normal interval), and their difference (bootstrap)."),
     )
     for name, keys, title, note in long_tables:
         path = Path(f"results/{model}/metrics/{name}.parquet")
         if path.exists():
             out.append(metrics_markdown(pd.read_parquet(path), keys, title, note))
+    probes = Path(f"results/{model}/probes/metrics.parquet")
+    if probes.exists():
+        out.append(metrics_markdown(
+            pd.read_parquet(probes).rename(columns={"probe": "method", "split": "dataset"}), ["method", "dataset", "metric"],
+            "Study A: OOD probes",
+            "Trained on vanilla harmful vs harmless fitting prompts. `test_id`: held-out explicit requests vs "
+            "held-out harmless; `test_ood`: the explicit requests (1) vs the variants that jailbreak the model (0). "
+            "AUROC with a bootstrap interval, accuracy per class with Wilson intervals."))
     times = stage_times(Path("benchmarks/out"))
     if not times.empty:
         out.append("## Wall time per job (Snakemake benchmark files)\n")

@@ -52,9 +52,14 @@ SERIAL_THREADS = workflow.cores
 
 
 def code_version(*modules):
-    """Hash of the code of the library modules a job imports; editing one reruns exactly the jobs that use it."""
+    """Hash of the code of the library modules a job imports; editing one reruns exactly the jobs that use it.
+
+    ``config`` is not implied: a job's settings param already holds every value it reads, defaults
+    included, so adding a stage's settings reruns nothing else. Jobs that call config methods
+    (``fitted_set_size``, ``grid_points``) list ``config`` themselves.
+    """
     digest = hashlib.sha256()
-    for module in sorted(set(modules) | {"config", "io", "runtime"}):
+    for module in sorted(set(modules) | {"io", "runtime"}):
         digest.update(source_fingerprint(LIBDIR / f"{module}.py").encode())
     return digest.hexdigest()[:16]
 
@@ -130,7 +135,14 @@ def all_targets():
         targets.append(f"results/{m}/report/summary.md")
         if CFG.studyb.enabled:
             targets.append(f"results/{m}/metrics/studyb.parquet")
+        if CFG.analysis.enabled and CFG.analysis.sources:
+            targets += [f"results/{m}/metrics/suppression.parquet", f"results/{m}/probes/metrics.parquet"]
     return targets
+
+
+def package_file(member):
+    """A file shipped in ``refusal_sae/resources`` as a job input."""
+    return str(LIBDIR / "resources" / member)
 
 
 def trained_layer_files(model):
@@ -145,7 +157,7 @@ def dataset_inputs(w):
     if source.type == "local":
         files.append(source.path)
     if source.type == "package":
-        files.append(str(LIBDIR / "resources" / source.member))
+        files.append(package_file(source.member))
     return files
 
 

@@ -109,7 +109,7 @@ rule ap_attribution:
     output:
         "results/{model}/attribution/ap_global.parquet",
     params:
-        code=code_version("attribution", "interventions", "pipeline", "saes"),
+        code=code_version("attribution", "interventions", "pipeline", "saes", "config"),
         settings=settings(*LA_IG_KEYS, "attribution.max_prompts", "selection.k_star", "evaluation.grid.k_stars"),
     threads: JOB_THREADS
     conda:
@@ -129,7 +129,7 @@ rule ap_prompt_attribution:
     output:
         per_prompt="results/{model}/attribution/ap/{dataset}.parquet",
     params:
-        code=code_version("attribution", "interventions", "pipeline", "saes"),
+        code=code_version("attribution", "interventions", "pipeline", "saes", "config"),
         settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star", "evaluation.grid.k_stars"),
     threads: JOB_THREADS
     conda:
@@ -174,7 +174,7 @@ rule feature_sets:
         sets=[features_file("{model}", method) for method in GLOBAL_SET_METHODS],
         peaks="results/{model}/features/peaks.parquet",
     params:
-        code=code_version("selection", "attribution", "pipeline", "saes"),
+        code=code_version("selection", "attribution", "pipeline", "saes", "config"),
         settings=settings("selection.k_star", "evaluation.grid.k_stars", "attribution.aggregate_from", "seed"),
     threads: JOB_THREADS
     conda:
@@ -202,7 +202,7 @@ rule prompt_feature_set:
     wildcard_constraints:
         method=_alternatives(PER_PROMPT_METHODS),
     params:
-        code=code_version("selection"),
+        code=code_version("selection", "config"),
         settings=settings("selection.k_star", "evaluation.grid.k_stars"),
     conda:
         ENV

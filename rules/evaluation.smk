@@ -126,7 +126,7 @@ rule grid:
     wildcard_constraints:
         method=_alternatives(CFG.evaluation.grid.methods),
     params:
-        code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline"),
+        code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline", "config"),
         settings=settings(*GENERATION_KEYS, "models.{model}.clamp_scale", "selection.k_star", "evaluation.grid"),
     threads: JOB_THREADS
     conda:

@@ -84,7 +84,7 @@ rule in_sample_ap:
         per_prompt="results/{model}/in_sample/{dataset}/attribution/ap.parquet",
         global_="results/{model}/in_sample/{dataset}/attribution/ap_global.parquet",
     params:
-        code=code_version("attribution", "interventions", "pipeline", "saes"),
+        code=code_version("attribution", "interventions", "pipeline", "saes", "config"),
         settings=settings(*LA_IG_KEYS, *EVAL_ROWS_KEYS, "selection.k_star", "evaluation.grid.k_stars"),
     threads: JOB_THREADS
     conda:
@@ -107,7 +107,7 @@ rule in_sample_feature_sets:
     output:
         [f"results/{{model}}/in_sample/{{dataset}}/features/{m}.parquet" for m in FEATURE_SET_METHODS],
     params:
-        code=code_version("selection", "attribution", "pipeline", "saes"),
+        code=code_version("selection", "attribution", "pipeline", "saes", "config"),
         settings=settings("selection.k_star", "evaluation.grid.k_stars", "attribution.aggregate_from", *EVAL_ROWS_KEYS),
     threads: JOB_THREADS
     conda:

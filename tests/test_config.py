@@ -80,3 +80,31 @@ def test_grid_points_cross_the_main_operating_point_and_sets_are_fitted_large_en
     assert cfg.fitted_set_size() == max(cfg.selection.k_star, *grid.k_stars)
     full = load_pipeline_config({**default_config(), "evaluation": {"grid": {"shape": "full"}}})
     assert len(full.grid_points(-3.0)) == len(grid.clamp_scales) * len(grid.k_stars)
+
+
+def _set(config: dict, path: str, value) -> dict:
+    node = config
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return config
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("evaluation.max_prompts", 0, r"config.evaluation.max_prompts: 0 must be >= 1"),
+    ("attribution.n_steps", -2, r"config.attribution.n_steps: -2 must be >= 1"),
+    ("attribution.k0", 0, r"config.attribution.k0: 0 must be >= 1"),
+    ("direction.max_train", 0, r"config.direction.max_train"),
+    ("direction.kl_threshold", -0.1, r"config.direction.kl_threshold: -0.1 must be > 0"),
+    ("device", "gpu0", r"config.device: 'gpu0' is not auto, cpu, cuda or cuda:N"),
+    ("datasets.strongreject.splits", {"tran": 0.6, "val": 0.1, "test": 0.3}, r"unknown split 'tran'"),
+    ("datasets.strongreject.splits", {"train": 0.6, "val": 0.2, "test": 0.1}, r"fractions sum to 0.9, not 1"),
+    ("evaluation.harmless_dataset", "strongreject", r"harmless_dataset: 'strongreject' is labelled 'harmful'"),
+    ("evaluation.datasets", ["harmbench_test", "harmless"], r"evaluation.datasets: 'harmless' is labelled 'harmless'"),
+    ("analysis.refusal_set", "ours_prompt", r"config.analysis.refusal_set"),
+    ("analysis.sources", {"x": {"kind": "suffix", "files": []}}, r"analysis.sources.x.files: give at least one"),
+])
+def test_counts_names_and_labels_fail_before_any_job(path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config(_set(default_config(), path, value))

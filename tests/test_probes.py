@@ -13,6 +13,7 @@ from refusal_sae.probes import (
     ProbeConfig,
     best_layer,
     bootstrap_auroc,
+    compare_probes,
     fit_probe,
     probe_metrics,
     random_feature_columns,
@@ -187,3 +188,21 @@ def test_validation_errors():
         probe_metrics(probe, x, y[:19], CFG, "p", "test")
     with pytest.raises(ValueError):
         ProbeConfig(threshold=1.0)
+
+
+def test_compare_probes_planted_sparse_noise_and_dense_layer():
+    """A planted separable column (the refusal features), noise (random features), and a dense probe whose
+    signal sits at layer 1 of 3: AUROC ~1, ~0.5 with an interval covering it, and layer 1 chosen."""
+    x, y = _planted(seed=3, n=600)
+    splits = {"train": slice(0, 300), "val": slice(300, 450), "test": slice(450, 600)}
+    labels = {name: y[s] for name, s in splits.items()}
+    noise = np.random.default_rng(4).normal(size=(600, 5))
+    columns = {"refusal_features": {name: x[s, -1:] for name, s in splits.items()},
+               "random_features": {name: noise[s] for name, s in splits.items()}}
+    dense = {layer: {name: (x[s] if layer == 1 else noise[s]) for name, s in splits.items()} for layer in range(3)}
+    metrics, layers = compare_probes(columns, dense, labels, ProbeConfig(n_bootstrap=300))
+    assert set(metrics["split"]) == {"val", "test"} and set(metrics["probe"]) == {"refusal_features", "random_features", "dense"}
+    auroc = metrics.loc[(metrics["metric"] == "auroc") & (metrics["split"] == "test")].set_index("probe")
+    assert auroc.loc["refusal_features", "value"] >= 0.99 and auroc.loc["dense", "value"] >= 0.99
+    assert auroc.loc["random_features", "ci_low"] <= 0.5 <= auroc.loc["random_features", "ci_high"]
+    assert layers.loc[layers["chosen"], "layer"].tolist() == [1]

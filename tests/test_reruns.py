@@ -67,24 +67,28 @@ def test_adding_a_test_only_dataset_plans_exactly_its_jobs(finished_run, config)
                  "in_sample_feature_sets": 1, "in_sample_generate": n_methods - 1, "in_sample_judge": n_methods - 1}
     study_b = {"greedy": 1, "interactions": 1, "studyb_generate": len(STUDYB_METHODS), "hydra": 1,
                "studyb_capability": 1, "studyb_metrics": 1}
+    analyses = {"adversarial_pairs": 1, "adversarial_generate": 1, "suppression": 1, "probes": 1}
     assert by_rule(jobs) == Counter({
         "dataset": 1, "dataset_overlap": 1, "baseline": 2, "baseline_metrics": 2, "baseline_report": 1,
         "attribution": 1, "ap_prompt_attribution": 1, "prompt_feature_set": len(PER_PROMPT_METHODS),
         "generate": n_methods, "judge": n_methods, "grid": 1, "evaluation_metrics": 1, "summary": 1, "all": 1,
-        **in_sample, **study_b,
+        **in_sample, **study_b, **analyses,
     })
     # Nothing fitted on the training datasets reruns: not the direction, the global sets, the activations FM.
     assert not {"direction", "feature_sets", "interactions_activations"} & set(by_rule(jobs))
     per_dataset = {"dataset", "baseline", "attribution", "ap_prompt_attribution", "prompt_feature_set", "generate",
-                   "judge", "grid", *in_sample, *(set(study_b) - {"studyb_capability", "studyb_metrics"})}
+                   "judge", "grid", "adversarial_pairs", "adversarial_generate", *in_sample,
+                   *(set(study_b) - {"studyb_capability", "studyb_metrics"})}
     assert all(w.get("dataset", w.get("attr_set")) == "extra" for rule, w in jobs if rule in per_dataset)
 
 
 def test_generation_length_plans_only_generation_and_what_reads_it(finished_run, config):
     config["evaluation"]["max_new_tokens"] += 1
     rules = by_rule(planned_jobs(finished_run, config))
-    generating = {"generate", "induction", "capability", "grid", "in_sample_generate", "studyb_generate", "hydra"}
-    reading = {"judge", "in_sample_judge", "studyb_capability", "evaluation_metrics", "studyb_metrics", "summary", "all"}
+    generating = {"generate", "induction", "capability", "grid", "in_sample_generate", "studyb_generate", "hydra",
+                  "adversarial_generate"}
+    reading = {"judge", "in_sample_judge", "studyb_capability", "evaluation_metrics", "studyb_metrics", "suppression",
+               "probes", "summary", "all"}
     assert set(rules) == generating | reading
     assert rules["generate"] == len(ALL_METHODS) + 1  # every method on `harmful`, base on `harmless`
     assert rules["in_sample_generate"] == len(ALL_METHODS) - 1 and rules["studyb_generate"] == len(STUDYB_METHODS)

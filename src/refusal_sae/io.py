@@ -18,6 +18,15 @@ from .artifacts import contract_for_path, type_null_columns
 METADATA_KEY = b"refusal_sae"
 
 
+def publish(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move a finished temporary file to ``dest`` atomically, with the mode a new file gets under the
+    process umask (``mkstemp`` creates 0600, which nobody else on a shared cluster could read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
     """Write ``df`` to ``path`` atomically (temporary file, then rename) with JSON metadata.
 
@@ -37,7 +46,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[s
     os.close(fd)
     try:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

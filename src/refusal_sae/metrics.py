@@ -240,6 +240,23 @@ def paired_bootstrap(
     return float(diff.mean()), float(low), float(high)
 
 
+def bootstrap_difference(
+    first: Sequence[float], second: Sequence[float], n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Difference of means ``mean(first) - mean(second)`` of two independent groups and its 95% percentile
+    bootstrap interval (each group resampled on its own); NaNs dropped. NaNs when a group is empty."""
+    a = np.asarray(first, dtype=float)
+    b = np.asarray(second, dtype=float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if a.size == 0 or b.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means_a = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+    means_b = b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
+    low, high = np.quantile(means_a - means_b, [0.025, 0.975])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
 def paired_rows(
     method: str, baseline: str, dataset: str, jailbroken: Sequence[bool], baseline_jailbroken: Sequence[bool],
     refusal_scores: Sequence[float], baseline_refusal_scores: Sequence[float], seed: int = 0, **extra: Any,

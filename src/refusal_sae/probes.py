@@ -36,6 +36,7 @@ __all__ = [
     "ProbeConfig",
     "best_layer",
     "bootstrap_auroc",
+    "compare_probes",
     "fit_probe",
     "probe_metrics",
     "random_feature_columns",
@@ -286,3 +287,35 @@ def random_feature_columns(n_total: int, k: int, seed: int, exclude: Sequence[in
         raise ValueError(f"k={k} columns requested but only {len(pool)} of {n_total} are not excluded")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(pool, size=k, replace=False))
+
+
+def compare_probes(
+    columns: Mapping[str, Mapping[str, np.ndarray]],
+    dense: Mapping[int, Mapping[str, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
+    cfg: ProbeConfig | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The probe comparison of METHOD.md §10: every probe fitted on split ``train`` and scored on every
+    other split in ``labels`` (e.g. ``val``, ``test_id``, ``test_ood``).
+
+    ``columns[probe][split]``: ``[n_split, d]`` inputs of a fixed-column probe (the refusal features,
+    random features); ``dense[layer][split]``: residual inputs per layer, the dense probe's layer chosen
+    on ``val`` by :func:`best_layer` and reported as probe ``dense``. Returns the metric rows
+    (:data:`PROBE_METRIC_COLUMNS`) and the per-layer validation table with the chosen layer marked.
+    """
+    cfg = cfg or ProbeConfig()
+    scored = [split for split in labels if split != "train"]
+    rows: list[dict[str, Any]] = []
+    for name, xs in columns.items():
+        probe = fit_probe(xs["train"], labels["train"], cfg)
+        for split in scored:
+            rows += probe_metrics(probe, xs[split], labels[split], cfg, name, split)
+    layer_table = pd.DataFrame(columns=["layer", "val_auroc", "val_accuracy", "chosen"])
+    if dense:
+        layer, layer_table = best_layer(
+            {lay: (x["train"], labels["train"], x["val"], labels["val"]) for lay, x in dense.items()}, cfg)
+        layer_table = layer_table.assign(chosen=layer_table["layer"] == layer)
+        probe = fit_probe(dense[layer]["train"], labels["train"], cfg)
+        for split in scored:
+            rows += probe_metrics(probe, dense[layer][split], labels[split], cfg, "dense", split)
+    return pd.DataFrame(rows, columns=PROBE_METRIC_COLUMNS), layer_table

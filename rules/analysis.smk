@@ -1,0 +1,114 @@
+# Study A analyses (METHOD.md sections 9-10): adversarial pairs, jailbreak suppression of the refusal
+# features, and OOD probes. Paths: results/analysis (model-independent pairs), results/{model}/analysis,
+# results/{model}/probes.
+ANALYSIS_KEYS = ("analysis", "selection.k_star")
+
+
+def variant_files(_wildcards=None):
+    """The local or packaged variant files (editing one rebuilds the pairs); pinned members are fetched."""
+    files = []
+    for source in CFG.analysis.sources.values():
+        for f in source.files:
+            if f.type == "local":
+                files.append(f.path)
+            elif f.type == "package":
+                files.append(package_file(f.member))
+    return files
+
+
+def adversarial_files(model):
+    return [f"results/{model}/analysis/adversarial/{d}.parquet" for d in CFG.evaluation.datasets]
+
+
+rule adversarial_pairs:
+    input:
+        dataset="resources/datasets/{dataset}.parquet",
+        variants=variant_files,
+    output:
+        "results/analysis/pairs/{dataset}.parquet",
+    params:
+        code=code_version("adversarial", "data", "pipeline"),
+        settings=settings("analysis.sources", "analysis.max_prompts", *EVAL_ROWS_KEYS),
+    conda:
+        ENV
+    log:
+        "logs/analysis/pairs_{dataset}.log",
+    benchmark:
+        "benchmarks/out/analysis/adversarial_pairs_{dataset}.tsv"
+    script:
+        "../workflow_scripts/adversarial_pairs.py"
+
+
+rule adversarial_generate:
+    input:
+        model=lambda w: manifest(w.model),
+        pairs="results/analysis/pairs/{dataset}.parquet",
+        baseline="results/{model}/baseline/{dataset}.parquet",
+    output:
+        "results/{model}/analysis/adversarial/{dataset}.parquet",
+    params:
+        code=code_version("adversarial", "generation", "judges", "pipeline"),
+        settings=settings(*LOAD_KEYS, "evaluation.max_new_tokens", "evaluation.batch_size",
+                          "evaluation.judge_ignore_case"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/analysis/adversarial_{dataset}.log",
+    benchmark:
+        "benchmarks/out/{model}/adversarial_generate_{dataset}.tsv"
+    script:
+        "../workflow_scripts/adversarial_generate.py"
+
+
+def refusal_set_file(w):
+    return features_file(w.model, CFG.analysis.refusal_set)
+
+
+rule suppression:
+    input:
+        model=lambda w: manifest(w.model),
+        saes="resources/saes/{model}/saes.json",
+        adversarial=lambda w: adversarial_files(w.model),
+        refusal_set=refusal_set_file,
+    output:
+        pairs="results/{model}/analysis/suppression.parquet",
+        words="results/{model}/analysis/suffix_words.parquet",
+        metrics="results/{model}/metrics/suppression.parquet",
+    params:
+        code=code_version("adversarial", "metrics", "pipeline", "saes"),
+        settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "seed"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/analysis/suppression.log",
+    benchmark:
+        "benchmarks/out/{model}/suppression.tsv"
+    script:
+        "../workflow_scripts/suppression.py"
+
+
+rule probes:
+    input:
+        model=lambda w: manifest(w.model),
+        saes="resources/saes/{model}/saes.json",
+        adversarial=lambda w: adversarial_files(w.model),
+        refusal_set=refusal_set_file,
+        datasets=dataset_files(datasets_with("train", "val")),
+        harmless=dataset_files([CFG.evaluation.harmless_dataset]),
+    output:
+        metrics="results/{model}/probes/metrics.parquet",
+        layers="results/{model}/probes/layers.parquet",
+    params:
+        code=code_version("adversarial", "probes", "pipeline", "saes"),
+        settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "seed"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/probes/probes.log",
+    benchmark:
+        "benchmarks/out/{model}/probes.tsv"
+    script:
+        "../workflow_scripts/probes.py"
