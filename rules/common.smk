@@ -141,8 +141,11 @@ def all_targets():
 
 
 def package_file(member):
-    """A file shipped in ``refusal_sae/resources`` as a job input."""
-    return str(LIBDIR / "resources" / member)
+    """A file shipped in ``refusal_sae/resources`` as a job input: relative to the working directory when
+    inside it, so a moved or copied clone does not see a changed input set and rerun everything."""
+    path = LIBDIR / "resources" / member
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def trained_layer_files(model):
