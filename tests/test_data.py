@@ -401,3 +401,14 @@ def test_exclude_drops_prompts_of_other_datasets_and_first_selection_keeps_file_
     assert len(df) == 8 and not df["prompt"].isin(["Prompt number 3", "Prompt number 7"]).any()
     first = select_prompts(df.assign(split="test"), ["test"], limit=3, first=True)
     assert first["prompt"].tolist() == ["Prompt number 0", "Prompt number 1", "Prompt number 2"]
+
+
+def test_dropped_duplicates_are_logged(tmp_path, caplog):
+    import logging
+
+    (tmp_path / "x.txt").write_text("a\nb\na\nc\n")
+    spec = DatasetConfig(source=SourceConfig(type="local", path=str(tmp_path / "x.txt")), format="txt",
+                         label="harmful", splits={"test": 1.0})
+    with caplog.at_level(logging.INFO, logger="refusal_sae.data"):
+        assert len(build_dataset("x", spec, 0, tmp_path)) == 3
+    assert "1 duplicate prompts dropped" in caplog.text

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,8 @@ import pandas as pd
 
 from refusal_sae import assets
 from refusal_sae.config import DatasetConfig, SourceConfig
+
+LOGGER = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = ("prompt_id", "prompt", "category", "source", "split", "label")
 """Columns of a built dataset, in order."""
@@ -306,9 +309,16 @@ def build_dataset(
     prompts = _as_text(rows[cfg.prompt_column])
     categories = _as_text(rows[cfg.category_column]) if cfg.category_column else pd.Series("", index=rows.index)
     table = pd.DataFrame({"prompt": prompts, "category": categories})
-    table = table[table["prompt"] != ""].drop_duplicates(subset="prompt", keep="first")
+    n_read = len(table)
+    table = table[table["prompt"] != ""]
+    n_nonempty = len(table)
+    table = table.drop_duplicates(subset="prompt", keep="first")
+    n_unique = len(table)
     if len(exclude):
         table = table[~normalised_prompts(table["prompt"]).isin(set(normalised_prompts(pd.Series(list(exclude)))))]
+    LOGGER.info("dataset %s: %d rows after the filter, %d empty and %d duplicate prompts dropped, %d excluded "
+                "(shared with %s)", name, n_read, n_read - n_nonempty, n_nonempty - n_unique, n_unique - len(table),
+                "the excluded datasets" if len(exclude) else "no excluded dataset")
     table = table.reset_index(drop=True)
     # Ids are numbered before the limit so a prompt keeps its id whatever the limit is.
     table.insert(0, "prompt_id", [f"{name}-{i:04d}" for i in range(len(table))])
