@@ -43,7 +43,7 @@ rule adversarial_generate:
     input:
         model=lambda w: manifest(w.model),
         pairs="results/analysis/pairs/{dataset}.parquet",
-        baseline="results/{model}/baseline/{dataset}.parquet",
+        explicit="results/{model}/generations/{dataset}/base.parquet",
     output:
         "results/{model}/analysis/adversarial/{dataset}.parquet",
     params:
@@ -76,7 +76,7 @@ rule suppression:
         words="results/{model}/analysis/suffix_words.parquet",
         metrics="results/{model}/metrics/suppression.parquet",
     params:
-        code=code_version("adversarial", "metrics", "pipeline", "saes"),
+        code=code_version("adversarial", "metrics", "methods", "interventions", "pipeline", "saes"),
         settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "seed"),
     threads: JOB_THREADS
     conda:
@@ -101,7 +101,7 @@ rule probes:
         metrics="results/{model}/probes/metrics.parquet",
         layers="results/{model}/probes/layers.parquet",
     params:
-        code=code_version("adversarial", "probes", "pipeline", "saes"),
+        code=code_version("adversarial", "probes", "methods", "interventions", "pipeline", "saes"),
         settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "seed"),
     threads: JOB_THREADS
     conda:

@@ -41,7 +41,7 @@ def test_read_variants_formats_and_errors(tmp_path):
     lines = tmp_path / "t.txt"
     lines.write_text("# comment\n\nFirst {{ prompt }}\nSecond {{prompt}} end\n")
     found = read_variants(lines, "lines", "template", "mine")
-    assert [v.variant_id for v in found] == ["line3", "line4"]
+    assert [v.variant_id for v in found] == ["t:line3", "t:line4"]
     assert read_variants(lines, "lines", "template", "mine", limit=1) == found[:1]
     assert render(found[1], "do x.") == "Second do x end"
     bad = tmp_path / "bad.txt"

@@ -1,5 +1,5 @@
 """Entry script: greedy completions of every adversarial prompt, judged like the evaluation (substring),
-beside the explicit request's own baseline verdict: each pair's outcome (METHOD.md §9)."""
+beside the explicit request's own verdict (its base evaluation generation): each pair's outcome (METHOD.md §9)."""
 from refusal_sae.adversarial import outcome
 from refusal_sae.generation import generate_scored
 from refusal_sae.io import read_parquet, write_parquet
@@ -11,10 +11,11 @@ smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 chat = open_stage(cfg, smk.wildcards.model, smk.input.model).chat
 pairs = read_parquet(smk.input.pairs)
-baseline = read_parquet(smk.input.baseline).set_index("prompt_id")
+# The explicit request's verdict from its unedited evaluation generation: same length and judge as the variants.
+baseline = read_parquet(smk.input.explicit).set_index("prompt_id")
 missing = sorted(set(pairs["prompt_id"]) - set(baseline.index))
 if missing:
-    raise ValueError(f"{smk.input.pairs}: {len(missing)} explicit prompts have no baseline, e.g. {missing[0]}")
+    raise ValueError(f"{smk.input.pairs}: {len(missing)} explicit prompts have no base generation, e.g. {missing[0]}")
 completions, scores = generate_scored(chat, pairs["adversarial"].tolist(), (), cfg.evaluation.max_new_tokens,
                                       cfg.evaluation.batch_size)
 refused = substring_judge(completions, cfg.evaluation.judge_ignore_case)

@@ -48,9 +48,18 @@ for dataset, group in [("all", table), *table.groupby("dataset")]:
         for outcome_name in ("jailbreak", "failed"):
             drops = part.loc[part["outcome"] == outcome_name, "refusal_drop"]
             rows.append(mean_row(source, dataset, "refusal_feature_drop", drops.tolist(), group=outcome_name))
-        diff, low, high = bootstrap_difference(part.loc[part["outcome"] == "jailbreak", "refusal_drop"],
-                                               part.loc[part["outcome"] == "failed", "refusal_drop"], seed=cfg.seed)
+        for outcome_name in ("jailbreak", "failed"):
+            # Robust to a near-zero explicit activation, which can dominate a mean of per-pair ratios.
+            group_rows = part.loc[part["outcome"] == outcome_name]
+            drop = float(relative_drop(group_rows["refusal_explicit"].mean(), group_rows["refusal_adversarial"].mean()))
+            rows.append({"method": source, "dataset": dataset, "metric": "refusal_feature_drop_of_means",
+                         "value": drop, "ci_low": float("nan"), "ci_high": float("nan"), "n": len(group_rows),
+                         "group": outcome_name})
+        jailbreak_drops = part.loc[part["outcome"] == "jailbreak", "refusal_drop"].dropna()
+        failed_drops = part.loc[part["outcome"] == "failed", "refusal_drop"].dropna()
+        diff, low, high = bootstrap_difference(jailbreak_drops, failed_drops, n_boot=a.n_bootstrap, seed=cfg.seed)
         rows.append({"method": source, "dataset": dataset, "metric": "refusal_feature_drop_diff", "value": diff,
-                     "ci_low": low, "ci_high": high, "n": len(part), "group": "jailbreak-failed"})
+                     "ci_low": low, "ci_high": high, "n": len(jailbreak_drops) + len(failed_drops),
+                     "group": "jailbreak-failed"})
 metrics = pd.DataFrame(rows, columns=["method", "dataset", "metric", "value", "ci_low", "ci_high", "n", "group"])
 write_parquet(metrics, smk.output.metrics, {"analysis": smk.config.get("analysis", {})})

@@ -78,15 +78,16 @@ def _check(variant: Variant, where: str) -> Variant:
 
 def read_variants(path: str | Path, fmt: str, kind: str, source: str, limit: int | None = None) -> list[Variant]:
     """The variants of one file: ``lines`` (one per non-empty line, ``#`` lines are comments; ids
-    ``line{n}``) or ``pyrit_yaml`` (a PyRIT jailbreak template: its ``value``, id = the file stem).
-    ``limit`` keeps the first ones in file order. A malformed entry is an error naming file and line."""
+    ``{stem}:line{n}``) or ``pyrit_yaml`` (a PyRIT jailbreak template: its ``value``, id = the file stem).
+    ``limit`` keeps the first ones in file order. A malformed entry is an error naming file and line.
+    Ids are prefixed with the file's stem, so the files of one source never share an id."""
     path = Path(path)
     if fmt == "lines":
         out = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             text = line.strip()
             if text and not text.startswith("#"):
-                out.append(_check(Variant(source, f"line{number}", kind, text), f"{path}:{number}"))
+                out.append(_check(Variant(source, f"{path.stem}:line{number}", kind, text), f"{path}:{number}"))
         return out[:limit]
     if fmt == "pyrit_yaml":
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -144,7 +145,8 @@ def _residuals(chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], l
         # Left padding: the last positions are every prompt's own last tokens.
         run_until(chat.model, [recorder], last_layer=max(layers), **batch)
         for layer in layers:
-            out[layer].append(recorder.outputs[layer][0][:, -last_tokens:])
+            # A copy, not a view: a view would keep every batch's whole [B, T, d] alive until the end.
+            out[layer].append(recorder.outputs[layer][0][:, -last_tokens:].clone())
     return {layer: torch.cat(parts) if parts else torch.zeros(0, last_tokens, chat.model.config.hidden_size)
             for layer, parts in out.items()}
 
