@@ -5,7 +5,7 @@ adversarial variants that jailbreak the model, labelled 0 as the model treats th
 import numpy as np
 import pandas as pd
 
-from refusal_sae.adversarial import last_token_residuals, latent_activations
+from refusal_sae.adversarial import encode_latents, last_token_residuals
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.methods import top_of
 from refusal_sae.pipeline import open_stage, pool
@@ -44,10 +44,12 @@ latents = pd.concat([refusal, random_set], ignore_index=True)
 columns = {"refusal_features": {}, "random_features": {}}
 dense = {layer: {} for layer in range(chat.facts.n_layers)}
 for split, batch in texts.items():
-    acts = latent_activations(chat, saes, batch, latents, 1, a.batch_size)[:, 0]
+    # One forward per prompt: every layer's last-token residual feeds the dense probe and the SAE latents.
+    residuals = last_token_residuals(chat, batch, list(dense), a.batch_size)
+    acts = encode_latents(saes, {layer: x[:, None] for layer, x in residuals.items()}, latents)[:, 0]
     columns["refusal_features"][split] = acts[:, :len(refusal)]
     columns["random_features"][split] = acts[:, len(refusal):]
-    for layer, x in last_token_residuals(chat, batch, list(dense), a.batch_size).items():
+    for layer, x in residuals.items():
         dense[layer][split] = x
 probe_cfg = ProbeConfig(C=a.probe_C, n_bootstrap=a.n_bootstrap, seed=cfg.seed)
 metrics, layers = compare_probes(columns, dense, labels, probe_cfg)

@@ -35,6 +35,7 @@ __all__ = [
     "WORD_COLUMNS",
     "Variant",
     "build_pairs",
+    "encode_latents",
     "last_token_residuals",
     "latent_activations",
     "outcome",
@@ -156,12 +157,22 @@ def latent_activations(chat: ChatModel, saes: Mapping[int, SparseAutoencoder], p
                        features: pd.DataFrame, last_tokens: int, batch_size: int = 16) -> np.ndarray:
     """``[n_prompts, last_tokens, n_features]``: the latents ``features`` (``layer, feature`` rows, in
     that order) at each prompt's last ``last_tokens`` positions, read from the unedited model."""
+    layers = sorted(set(features["layer"].astype(int).tolist()))
+    return encode_latents(saes, _residuals(chat, prompts, layers, last_tokens, batch_size), features)
+
+
+@torch.no_grad()
+def encode_latents(saes: Mapping[int, SparseAutoencoder], residuals: Mapping[int, torch.Tensor | np.ndarray],
+                   features: pd.DataFrame) -> np.ndarray:
+    """``[n, positions, n_features]``: the latents ``features`` encoded from recorded residuals
+    (``{layer: [n, positions, d]}``, e.g. from :func:`last_token_residuals` with a position axis)."""
     layers = features["layer"].astype(int).to_numpy()
     columns = features["feature"].astype(int).to_numpy()
-    residuals = _residuals(chat, prompts, sorted(set(layers.tolist())), last_tokens, batch_size)
-    out = np.zeros((len(prompts), last_tokens, len(features)), dtype=np.float32)
-    for layer, hidden in residuals.items():
-        sae = saes[layer]
+    residuals = {int(k): torch.as_tensor(v) for k, v in residuals.items()}
+    n, positions = next(iter(residuals.values())).shape[:2]
+    out = np.zeros((n, positions, len(features)), dtype=np.float32)
+    for layer in sorted(set(layers.tolist())):
+        hidden, sae = residuals[layer], saes[layer]
         weight = sae.W_dec
         acts = sae.encode(hidden.to(device=weight.device, dtype=weight.dtype)).float().cpu().numpy()
         rows = np.flatnonzero(layers == layer)
