@@ -104,6 +104,7 @@ def _set(config: dict, path: str, value) -> dict:
     ("evaluation.datasets", ["harmbench_test", "harmless"], r"evaluation.datasets: 'harmless' is labelled 'harmless'"),
     ("analysis.refusal_set", "ours_prompt", r"config.analysis.refusal_set"),
     ("analysis.sources", {"x": {"kind": "suffix", "files": []}}, r"analysis.sources.x.files: give at least one"),
+    ("studyb.stage3_tau", 0.3, r"config.studyb.stage3_tau: 0.3 is not one of studyb.taus"),
 ])
 def test_counts_names_and_labels_fail_before_any_job(path, value, message):
     with pytest.raises(ConfigError, match=message):

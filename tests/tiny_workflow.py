@@ -88,7 +88,7 @@ def tiny_config(tmp: Path) -> dict:
                        "model_judges": {"harmbench_cls": str(tmp / "no_such_judge")},
                        "induction_methods": ["ours_global", "activation_addition"],
                        "grid": {"methods": ["ours_global"], "clamp_scales": [0.0, -3.0], "k_stars": [2, 3]}},
-        "studyb": {"max_prompts": 2, "taus": [0.25], "orders": 1, "n_masks": 16, "fm_rank": 2, "fm_epochs": 10,
+        "studyb": {"max_prompts": 2, "taus": [0.25], "stage3_tau": 0.25, "orders": 1, "n_masks": 16, "fm_rank": 2, "fm_epochs": 10,
                    "n_added": 1, "activations_rank": 2, "activations_epochs": 5},
         "analysis": {"max_prompts": 4, "last_tokens": 2, "batch_size": 8, "probe_max_per_class": 16,
                      "n_bootstrap": 50, "sources": adversarial_sources(tmp)},

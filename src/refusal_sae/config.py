@@ -299,15 +299,16 @@ class StudyBConfig:
     enabled: bool = True
     max_prompts: int = 8
     """Refused evaluation prompts per dataset (the first ones of the evaluation selection)."""
-    taus: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    taus: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
     """A block (then a latent) stays in the minimal set when restoring it raises P(refusal) by at least
-    tau times its unablated value: a larger tau keeps fewer latents."""
+    tau times its unablated value: a larger tau keeps fewer latents. On the organism no single latent
+    moves P(refusal) by a quarter (docs/results.md), so 0.1 is the tau with non-empty minimal sets."""
     orders: int = 2
     """Restore orders per prompt: ascending attribution, then seeded random ones; the minimal set is what
     every order keeps (the study intersects 3)."""
     block_size: int = 5
-    stage3_tau: float = 0.25
-    """The tau whose minimal sets stage 3 extends."""
+    stage3_tau: float = 0.1
+    """The tau whose minimal sets stage 3 (and hydra) extends: one of ``taus``."""
     n_masks: int = 96
     """Random ablation masks per prompt in the masks design (each one forward)."""
     mask_density: float = 0.5
@@ -548,6 +549,9 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
         raise ConfigError(f"config.analysis.refusal_set: {cfg.analysis.refusal_set!r} not among {list(_GLOBAL)}")
     if cfg.analysis.last_tokens < 1 or cfg.analysis.max_prompts < 1:
         raise ConfigError("config.analysis.last_tokens / max_prompts: must be >= 1")
+    if cfg.studyb.stage3_tau not in cfg.studyb.taus:
+        raise ConfigError(f"config.studyb.stage3_tau: {cfg.studyb.stage3_tau} is not one of studyb.taus "
+                          f"{cfg.studyb.taus} (stage 3 extends the minimal sets of that tau)")
     for name, src in cfg.analysis.sources.items():
         if not src.files:
             raise ConfigError(f"config.analysis.sources.{name}.files: give at least one file")
