@@ -1,6 +1,6 @@
-# Study A analyses (METHOD.md sections 9-10): adversarial pairs, jailbreak suppression of the refusal
-# features, and OOD probes. Paths: results/analysis (model-independent pairs), results/{model}/analysis,
-# results/{model}/probes.
+# Study A analyses (METHOD.md sections 8-10): harm vs refusal features by category, adversarial pairs,
+# jailbreak suppression of the refusal features, and OOD probes. Paths: results/analysis
+# (model-independent pairs), results/{model}/analysis, results/{model}/probes.
 ANALYSIS_KEYS = ("analysis", "selection.k_star")
 
 
@@ -112,3 +112,35 @@ rule probes:
         "benchmarks/out/{model}/probes.tsv"
     script:
         "../workflow_scripts/probes.py"
+
+
+rule categories:
+    input:
+        model=lambda w: manifest(w.model),
+        saes="resources/saes/{model}/saes.json",
+        direction="results/{model}/direction/direction.parquet",
+        prompts="results/{model}/direction/prompts.parquet",
+        fitting=dataset_files(datasets_with("train", "val")),
+        evaluated=dataset_files(CFG.analysis.category_datasets or datasets_with("train", "val")),
+    output:
+        sets="results/{model}/analysis/category_sets.parquet",
+        generations="results/{model}/analysis/categories.parquet",
+        metrics="results/{model}/metrics/categories.parquet",
+    params:
+        code=code_version("categories", "adversarial", "attribution", "direction", "generation", "judges", "metrics",
+                          "methods", "interventions", "selection", "pipeline", "saes"),
+        settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "analysis.category_min_prompts",
+                          "analysis.category_max_prompts", "analysis.category_eval_prompts",
+                          "analysis.refusal_fraction", "analysis.last_tokens", "analysis.batch_size",
+                          "analysis.n_bootstrap", "attribution.k0", *LA_IG_KEYS, "selection.k_star",
+                          "direction.batch_size", "analysis.category_datasets", "evaluation.max_new_tokens",
+                          "evaluation.batch_size", "evaluation.judge_ignore_case", "seed"),
+    threads: JOB_THREADS
+    conda:
+        ENV
+    log:
+        "logs/{model}/analysis/categories.log",
+    benchmark:
+        "benchmarks/out/{model}/categories.tsv"
+    script:
+        "../workflow_scripts/categories.py"

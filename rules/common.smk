@@ -137,6 +137,8 @@ def all_targets():
             targets.append(f"results/{m}/metrics/studyb.parquet")
         if CFG.analysis.enabled and CFG.analysis.sources:
             targets += [f"results/{m}/metrics/suppression.parquet", f"results/{m}/probes/metrics.parquet"]
+        if CFG.analysis.enabled and CFG.analysis.categories:
+            targets.append(f"results/{m}/metrics/categories.parquet")
     return targets
 
 

@@ -8,7 +8,7 @@ import torch
 from tiny import make_tiny_sae
 
 from refusal_sae.generation import generate, generate_scored, generate_sharded, prompt_lengths
-from refusal_sae.interventions import ActivationAddition, FeatureEdit, PositionMask, rows_of
+from refusal_sae.interventions import ActivationAddition, FeatureEdit, HoldLatents, PositionMask, rows_of
 from refusal_sae.io import read_parquet
 from refusal_sae.models import greedy_generate
 from refusal_sae.scoring import refusal_scores
@@ -220,3 +220,32 @@ def test_sharded_run_rejects_wrong_shard_output_and_duplicate_ids(tmp_path):
     with pytest.raises(ValueError, match="wrong prompts"):
         generate_sharded(IDS, TEXTS, tmp_path, 3, lossy, progress=False)
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_holding_latents_without_edits_changes_nothing(tiny_chat, tiny_saes):
+    """The doubled batch and the held splice are exact: held at their own values, nothing moves."""
+    hold = HoldLatents(tiny_saes, {layer: torch.arange(0, 64, 3) for layer in tiny_saes})
+    got, scores = generate_scored(tiny_chat, PROMPTS, [], max_new_tokens=4, batch_size=2, progress=False,
+                                  hold=hold)
+    assert got == greedy_generate(tiny_chat, PROMPTS, max_new_tokens=4)
+    plain, _ = refusal_scores(tiny_chat, PROMPTS)
+    assert torch.allclose(scores, plain, atol=1e-5)
+
+
+def test_held_copy_is_fed_the_edited_rows_tokens(tiny_chat):
+    """The unedited copy follows the clamped rows' tokens, so held values are read on the same text."""
+    last = tiny_chat.facts.n_layers - 1
+    tokens = self_predicting_tokens(tiny_chat, 2)
+    sae = steering_sae(tiny_chat, tokens)
+    clamp = FeatureEdit({last: sae}, {last: torch.tensor([0])}, mode="set", value=HUGE)
+    hold = HoldLatents({last: sae}, {last: torch.tensor([1])})
+    calls: list[torch.Tensor] = []
+    handle = tiny_chat.model.get_input_embeddings().register_forward_pre_hook(lambda m, args: calls.append(args[0]))
+    try:
+        got, _ = generate_scored(tiny_chat, PROMPTS[:2], [clamp], max_new_tokens=4, batch_size=2,
+                                 progress=False, hold=hold)
+    finally:
+        handle.remove()
+    assert got == [tiny_chat.tokenizer.decode(tokens[:1] * 4)] * 2
+    steps = calls[1:]  # after the prefill, one token per row and step
+    assert len(steps) == 3 and all(torch.equal(step[:2], step[2:]) for step in steps)

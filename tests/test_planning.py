@@ -15,7 +15,8 @@ from refusal_sae.methods import ALL_METHODS
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"dataset", "baseline", "direction_prompts", "direction", "cosine_candidates", "attribution",
           "ap_attribution", "faithfulness", "feature_sets", "generate", "judge", "induction", "capability",
-          "evaluation_metrics", "summary", "adversarial_pairs", "adversarial_generate", "suppression", "probes"}
+          "evaluation_metrics", "summary", "adversarial_pairs", "adversarial_generate", "suppression", "probes",
+          "categories"}
 
 
 def dry_run(*args: str) -> subprocess.CompletedProcess:

@@ -86,7 +86,7 @@ def test_generation_length_plans_only_generation_and_what_reads_it(finished_run,
     config["evaluation"]["max_new_tokens"] += 1
     rules = by_rule(planned_jobs(finished_run, config))
     generating = {"generate", "induction", "capability", "grid", "in_sample_generate", "studyb_generate", "hydra",
-                  "adversarial_generate"}
+                  "adversarial_generate", "categories"}
     reading = {"judge", "in_sample_judge", "studyb_capability", "evaluation_metrics", "studyb_metrics", "suppression",
                "probes", "summary", "all"}
     assert set(rules) == generating | reading
@@ -116,3 +116,4 @@ def test_an_attribution_setting_plans_no_upstream_job(finished_run, config):
     assert rules["induction"] == len(set(induction_methods) - {ACTIVATION_ADDITION})  # addition reads no set
     # Study B starts from the per-prompt LA-IG candidates; its activations-design fit does not read them.
     assert rules["greedy"] == 1 and "interactions_activations" not in rules
+    assert rules["categories"] == 1  # it runs LA-IG per harm category

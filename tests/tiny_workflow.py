@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from tiny import make_tiny_chat_model, save_tiny_chat_model
 
@@ -33,12 +34,26 @@ def _prompts(words: list[str], verbs: list[str] = VERBS) -> str:
     return "\n".join(f"Explain how to {verb} with a {word} today" for verb in verbs for word in words) + "\n"
 
 
+HARM_CATEGORIES = {"bomb": "weapons", "weapon": "weapons", "poison": "harm", "hack": "cyber", "steal": "harm",
+                   "malware": "cyber"}
+"""The harmful prompts' categories (METHOD.md section 8 fits one set per category)."""
+
+
 def tiny_datasets(tmp: Path) -> dict:
-    """Three files per label, one split each: ``harmful``/``harmless`` hold the evaluation prompts."""
+    """Three files per label, one split each: ``harmful``/``harmless`` hold the evaluation prompts. The
+    harmful files are CSVs with a category per prompt."""
     datasets = {}
     for label, words in (("harmful", HARMFUL_WORDS), ("harmless", HARMLESS_WORDS)):
         for role, verbs in ROLE_VERBS.items():
             name = label if role == "test" else f"{label}_{role}"
+            if label == "harmful":
+                rows = [{"prompt": f"Explain how to {verb} with a {word} today", "category": HARM_CATEGORIES[word]}
+                        for verb in verbs for word in words]
+                pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
+                datasets[name] = {"source": {"type": "local", "path": str(tmp / f"{name}.csv")}, "format": "csv",
+                                  "prompt_column": "prompt", "category_column": "category", "label": label,
+                                  "splits": {role: 1.0}}
+                continue
             (tmp / f"{name}.txt").write_text(_prompts(words, verbs))
             datasets[name] = {"source": {"type": "local", "path": str(tmp / f"{name}.txt")}, "format": "txt",
                               "label": label, "splits": {role: 1.0}}
@@ -91,6 +106,8 @@ def tiny_config(tmp: Path) -> dict:
         "studyb": {"max_prompts": 2, "taus": [0.25], "stage3_tau": 0.25, "orders": 1, "n_masks": 16, "fm_rank": 2, "fm_epochs": 10,
                    "n_added": 1, "activations_rank": 2, "activations_epochs": 5},
         "analysis": {"max_prompts": 4, "last_tokens": 2, "batch_size": 8, "probe_max_per_class": 16,
+                     "category_min_prompts": 3, "category_max_prompts": 6, "category_eval_prompts": 3,
+                     "category_datasets": ["harmful"],
                      "n_bootstrap": 50, "sources": adversarial_sources(tmp)},
     }
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import yaml
 
-from .interventions import Recorder, SparseAutoencoder, run_until
+from .interventions import Recorder, ResidualEdit, SparseAutoencoder, run_until
 from .models import ChatModel
 
 __all__ = [
@@ -134,8 +134,9 @@ def outcome(explicit_refused: bool, variant_refused: bool) -> str:
 
 
 def _residuals(chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], last_tokens: int,
-               batch_size: int) -> dict[int, torch.Tensor]:
-    """``h_l`` at the last ``last_tokens`` prompt positions: ``{layer: [n, last_tokens, d]}`` (float32, CPU)."""
+               batch_size: int, edits: Sequence[ResidualEdit] = ()) -> dict[int, torch.Tensor]:
+    """``h_l`` at the last ``last_tokens`` prompt positions: ``{layer: [n, last_tokens, d]}`` (float32, CPU),
+    after ``edits`` (those of a recorded layer included)."""
     layers = sorted(set(int(layer) for layer in layers))
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(prompts), batch_size):
@@ -144,7 +145,7 @@ def _residuals(chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], l
             raise ValueError(f"a prompt has fewer than {last_tokens} tokens")
         recorder = Recorder(layers)
         # Left padding: the last positions are every prompt's own last tokens.
-        run_until(chat.model, [recorder], last_layer=max(layers), **batch)
+        run_until(chat.model, [*edits, recorder], last_layer=max(layers), **batch)
         for layer in layers:
             # A copy, not a view: a view would keep every batch's whole [B, T, d] alive until the end.
             out[layer].append(recorder.outputs[layer][0][:, -last_tokens:].clone())
@@ -154,11 +155,13 @@ def _residuals(chat: ChatModel, prompts: Sequence[str], layers: Sequence[int], l
 
 @torch.no_grad()
 def latent_activations(chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompts: Sequence[str],
-                       features: pd.DataFrame, last_tokens: int, batch_size: int = 16) -> np.ndarray:
+                       features: pd.DataFrame, last_tokens: int, batch_size: int = 16,
+                       edits: Sequence[ResidualEdit] = ()) -> np.ndarray:
     """``[n_prompts, last_tokens, n_features]``: the latents ``features`` (``layer, feature`` rows, in
-    that order) at each prompt's last ``last_tokens`` positions, read from the unedited model."""
+    that order) at each prompt's last ``last_tokens`` positions, read from the model under ``edits``
+    (none: the unedited model)."""
     layers = sorted(set(features["layer"].astype(int).tolist()))
-    return encode_latents(saes, _residuals(chat, prompts, layers, last_tokens, batch_size), features)
+    return encode_latents(saes, _residuals(chat, prompts, layers, last_tokens, batch_size, edits), features)
 
 
 @torch.no_grad()
@@ -206,12 +209,13 @@ def suffix_prefixes(request: str, suffix: str) -> list[tuple[int, str, str]]:
 
 
 def refusal_activation(chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompts: Sequence[str],
-                       features: pd.DataFrame, last_tokens: int, batch_size: int = 16) -> np.ndarray:
+                       features: pd.DataFrame, last_tokens: int, batch_size: int = 16,
+                       edits: Sequence[ResidualEdit] = ()) -> np.ndarray:
     """``[n_prompts]``: the mean activation of ``features`` over each prompt's last ``last_tokens``
-    positions (and over the features), the study's refusal-feature activation."""
+    positions (and over the features), the study's refusal-feature activation, under ``edits``."""
     if not len(prompts):
         return np.zeros(0)
-    return latent_activations(chat, saes, prompts, features, last_tokens, batch_size).mean(axis=(1, 2))
+    return latent_activations(chat, saes, prompts, features, last_tokens, batch_size, edits).mean(axis=(1, 2))
 
 
 def suffix_word_table(pairs: pd.DataFrame, activation) -> pd.DataFrame:

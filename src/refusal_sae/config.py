@@ -342,11 +342,12 @@ class VariantSourceConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """Study A analyses (METHOD.md §9-10): adversarial pairs, jailbreak suppression and OOD probes.
+    """Study A analyses (METHOD.md §8-10): harm vs refusal features by category, adversarial pairs,
+    jailbreak suppression and OOD probes.
 
     The explicit side of each pair is the first ``max_prompts`` evaluation prompts of every evaluation
-    dataset; the refusal features ``R`` are the top-``selection.k_star`` latents of the global set
-    ``refusal_set`` (the per-category ``R`` of §8 is not built).
+    dataset; the refusal features of §9-10 are the top-``selection.k_star`` latents of the global set
+    ``refusal_set`` (§8's per-category ``R`` is its own artifact, ``analysis/category_sets.parquet``).
     """
 
     enabled: bool = True
@@ -359,6 +360,20 @@ class AnalysisConfig:
     batch_size: int = 16
     probe_max_per_class: int = 128
     """Vanilla training prompts per class (harmful, harmless) of the probes."""
+    categories: bool = True
+    """Harm vs refusal features by category (METHOD.md section 8), rule ``categories``."""
+    category_min_prompts: int = 12
+    """A harm category of the refused harmful training prompts gets its own direction and set ``F*_c`` when
+    it has at least this many prompts (the first ``category_max_prompts`` of them are used)."""
+    category_max_prompts: int = 32
+    category_eval_prompts: int = 16
+    """Test-split prompts of each category (file order) generated under every condition."""
+    category_datasets: list[str] | None = None
+    """Datasets whose harmful test-split rows are the categories' evaluation prompts; None: the datasets the
+    categories are fitted on (those with train or val rows), so adding an evaluation set reruns nothing here."""
+    refusal_fraction: float = 1.0
+    """A latent is a refusal feature when it is in at least this fraction of the categories' sets (1.0:
+    the study's intersection, which can be empty)."""
     probe_C: float = 1.0
     n_bootstrap: int = 1000
     """Bootstrap resamples of every interval of this stage."""
@@ -477,7 +492,8 @@ POSITIVE_SETTINGS = (
     "direction.batch_size", "attribution.k0", "attribution.n_steps", "attribution.max_prompts",
     "attribution.batch_size", "evaluation.max_prompts", "evaluation.max_new_tokens", "evaluation.batch_size",
     "evaluation.shard_size", "studyb.max_prompts", "studyb.n_masks", "analysis.batch_size",
-    "analysis.probe_max_per_class",
+    "analysis.probe_max_per_class", "analysis.category_min_prompts", "analysis.category_max_prompts",
+    "analysis.category_eval_prompts",
 )
 """Counts and sizes that must be at least 1 (a 0 would plan and fail late, or silently do nothing)."""
 SPLITS = ("train", "val", "test")
@@ -547,6 +563,11 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
 
     if cfg.analysis.refusal_set not in _GLOBAL:
         raise ConfigError(f"config.analysis.refusal_set: {cfg.analysis.refusal_set!r} not among {list(_GLOBAL)}")
+    for ds_name in cfg.analysis.category_datasets or []:
+        if ds_name not in cfg.datasets:
+            raise ConfigError(f"config.analysis.category_datasets: {ds_name!r} is not a configured dataset")
+    if not 0 < cfg.analysis.refusal_fraction <= 1:
+        raise ConfigError(f"config.analysis.refusal_fraction: {cfg.analysis.refusal_fraction} must be in (0, 1]")
     if cfg.analysis.last_tokens < 1 or cfg.analysis.max_prompts < 1:
         raise ConfigError("config.analysis.last_tokens / max_prompts: must be >= 1")
     if cfg.studyb.stage3_tau not in cfg.studyb.taus:

@@ -21,8 +21,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from .interventions import EditsForRows, ResidualEdit, edits_for_rows, intervene
+from .interventions import EditsForRows, HoldLatents, ResidualEdit, SecondHalf, edits_for_rows, intervene
 from .io import read_metadata, read_parquet, write_parquet
 from .models import ChatModel
 from .scoring import refusal_score_from_logits
@@ -61,6 +62,16 @@ def _first_logits(model: torch.nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
+class _CopyFollowsEdited(LogitsProcessor):
+    """Greedy steps of a doubled batch: the unedited copy (first half) takes the edited rows' tokens."""
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        half = scores.shape[0] // 2
+        scores = scores.clone()
+        scores[:half] = scores[half:]
+        return scores
+
+
 @torch.no_grad()
 def generate_scored(
     chat: ChatModel,
@@ -69,6 +80,7 @@ def generate_scored(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool = True,
+    hold: HoldLatents | None = None,
 ) -> tuple[list[str], Tensor]:
     """Greedy completions of ``prompts`` under ``edits`` and the refusal score of their first token.
 
@@ -80,6 +92,10 @@ def generate_scored(
     Prompts are batched longest first (less padding per batch, and an out-of-memory batch fails at
     once rather than at the end). A callable ``edits`` receives each batch's rows as a ``LongTensor``
     of input indices, in the order of the batch's rows.
+
+    ``hold``: latents kept at their unedited values while ``edits`` act. Each batch then runs beside an
+    unedited copy of its prompts that is fed the edited rows' tokens (twice the rows per forward), and
+    :class:`~refusal_sae.interventions.HoldLatents` copies the held latents from the copy.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -95,12 +111,17 @@ def generate_scored(
             index = order[start:start + batch_size]
             rows = torch.tensor(index, dtype=torch.long)
             batch = chat.tokenize([prompts[i] for i in index])
-            with intervene(chat.model, edits_for_rows(edits, rows)), _first_logits(chat.model) as first:
+            batch_edits, extra = list(edits_for_rows(edits, rows)), {}
+            if hold is not None:
+                batch = {key: torch.cat([value, value]) for key, value in batch.items()}
+                batch_edits = [hold, *(SecondHalf(edit) for edit in batch_edits)]
+                extra["logits_processor"] = LogitsProcessorList([_CopyFollowsEdited()])
+            with intervene(chat.model, batch_edits), _first_logits(chat.model) as first:
                 generated = chat.model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id, **extra
                 )
-            new = generated[:, batch["input_ids"].shape[1]:]
-            scores[rows] = refusal_score_from_logits(first[0], chat.facts.refusal_token_ids)
+            new = generated[:, batch["input_ids"].shape[1]:][-len(index):]
+            scores[rows] = refusal_score_from_logits(first[0][-len(index):], chat.facts.refusal_token_ids)
             for i, text in zip(index, chat.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                 out[i] = text
             bar.update(len(index))

@@ -203,6 +203,56 @@ class FeatureEdit:
         return sparse_splice(self.saes[layer], hidden, index, edit)
 
 
+@dataclass
+class SecondHalf:
+    """``inner`` applied to the second half of a doubled batch only (rows ``B..2B-1``); the first half
+    (an unedited copy of the same prompts) passes through. See :class:`HoldLatents`."""
+
+    inner: ResidualEdit
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return self.inner.layers
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        half = _half(hidden)
+        pads = state.pad_lengths[half:] if state.pad_lengths is not None else None
+        sub = StreamState(offset=state.offset, prompt_length=state.prompt_length, pad_lengths=pads)
+        return torch.cat([hidden[:half], self.inner(layer, hidden[half:], sub)])
+
+
+@dataclass
+class HoldLatents:
+    """Hold latents at their unedited values (METHOD.md section 8: "keeping R at its original values").
+
+    Runs on a doubled batch: rows ``0..B-1`` are an unedited copy of rows ``B..2B-1``, which carry the
+    other edits (wrapped in :class:`SecondHalf`). At each layer of ``features`` the second half's latents
+    are set to the first half's, at every position; during generation the copy must be fed the edited
+    rows' tokens (``generation.generate_scored(hold=...)`` does), so "unedited" means "the same tokens
+    without the edits". Put it before the edits of its own layers: like every splice it reads the latents
+    of the stream as it arrives (edited upstream) and writes ``h + (f_held - f) D``; held and edited
+    latents are disjoint sets.
+    """
+
+    saes: Mapping[int, SparseAutoencoder]
+    features: Mapping[int, Tensor]
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return sorted(layer for layer, index in self.features.items() if index.numel())
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        index = self.features[layer].to(hidden.device)
+        half = _half(hidden)
+        return sparse_splice(self.saes[layer], hidden, index, lambda current: torch.cat([current[:half], current[:half]]))
+
+
+def _half(hidden: Tensor) -> int:
+    if hidden.shape[0] % 2:
+        raise ValueError(f"a held batch pairs each row with an unedited copy: {hidden.shape[0]} rows is odd")
+    return hidden.shape[0] // 2
+
+
 def _where(state: StreamState, positions: PositionMask, edited: Tensor, hidden: Tensor) -> Tensor:
     """``edited`` on the positions ``positions`` selects, ``hidden`` elsewhere."""
     if positions.kind == "all":

@@ -257,6 +257,30 @@ def bootstrap_difference(
     return float(a.mean() - b.mean()), float(low), float(high)
 
 
+def paired_ratio_bootstrap(
+    numerator: Sequence[float], denominator: Sequence[float], n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``mean(numerator) / mean(denominator)`` over the same prompts and its 95% percentile bootstrap
+    interval (prompts resampled with replacement, pairs kept together), e.g. a normalised jailbreak rate.
+
+    NaN pairs are dropped first; a resample whose denominator mean is 0 is left out. Returns NaNs when
+    no pair is left or the denominator's mean is 0.
+    """
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values must be two equal-length 1-D sequences, got {a.shape} and {b.shape}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if a.size == 0 or b.mean() == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, a.size, size=(n_boot, a.size))
+    num, den = a[index].mean(axis=1), b[index].mean(axis=1)
+    ratios = num[den > 0] / den[den > 0]
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    return float(a.mean() / b.mean()), float(low), float(high)
+
+
 def paired_rows(
     method: str, baseline: str, dataset: str, jailbroken: Sequence[bool], baseline_jailbroken: Sequence[bool],
     refusal_scores: Sequence[float], baseline_refusal_scores: Sequence[float], seed: int = 0, **extra: Any,
