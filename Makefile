@@ -11,7 +11,7 @@ PIP_TOOLS_VERSION := 7.6.2
 PIP_COMPILE_FLAGS := --quiet --extra dev --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: run test setup lint dry-run lock test-latest
+.PHONY: run unlock test setup lint dry-run lock test-latest
 
 $(BIN)/activate: pyproject.toml $(LOCK)
 	rm -rf $(VENV)
@@ -26,7 +26,13 @@ $(BIN)/activate: pyproject.toml $(LOCK)
 setup: $(BIN)/activate
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/default
+	@$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/default || { status=$$?; \
+	  if ls .snakemake/locks/* >/dev/null 2>&1; then \
+	    echo "make run: the working directory is locked; if no other snakemake runs here (a killed run left the lock), run: make unlock"; \
+	  fi; exit $$status; }
+
+unlock: setup
+	$(BIN)/snakemake --unlock --cores 1
 
 test: setup
 	$(BIN)/ruff check .

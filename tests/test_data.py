@@ -406,9 +406,11 @@ def test_exclude_drops_prompts_of_other_datasets_and_first_selection_keeps_file_
 def test_dropped_duplicates_are_logged(tmp_path, caplog):
     import logging
 
-    (tmp_path / "x.txt").write_text("a\nb\na\nc\n")
+    # Case and whitespace variants are the same prompt (as for exclusion across datasets): the first stays.
+    (tmp_path / "x.txt").write_text("a\nb\na\nc\nHow  do I\nhow do i\n")
     spec = DatasetConfig(source=SourceConfig(type="local", path=str(tmp_path / "x.txt")), format="txt",
                          label="harmful", splits={"test": 1.0})
     with caplog.at_level(logging.INFO, logger="refusal_sae.data"):
-        assert len(build_dataset("x", spec, 0, tmp_path)) == 3
-    assert "1 duplicate prompts dropped" in caplog.text
+        built = build_dataset("x", spec, 0, tmp_path)
+    assert sorted(built["prompt"]) == ["How  do I", "a", "b", "c"]
+    assert "2 duplicate prompts dropped" in caplog.text

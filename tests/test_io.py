@@ -27,3 +27,21 @@ def test_artifacts_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.parquet").stat().st_mode) == 0o644
+
+
+def test_model_and_sae_directories_get_the_umask_mode(tmp_path, tiny_chat, tiny_saes):
+    import os
+    import stat
+
+    from refusal_sae.models import save_hf_directory
+    from refusal_sae.sae_training import save_sae
+
+    old = os.umask(0o022)
+    try:
+        model_dir = save_hf_directory(tiny_chat.model, tiny_chat.tokenizer, tmp_path / "model")
+        sae_dir = save_sae(tiny_saes[0], tmp_path / "sae")
+    finally:
+        os.umask(old)
+    for directory in (model_dir, sae_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
+        assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 for f in directory.iterdir()), directory

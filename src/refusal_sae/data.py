@@ -277,7 +277,7 @@ def build_dataset(
     """Load dataset ``name`` and normalise it to :data:`COLUMNS`.
 
     Steps, in order: keep rows matching every ``cfg.filter`` entry (string equality); strip prompts
-    and drop empty ones; drop duplicate prompts (first kept); drop the prompts in ``exclude`` (the
+    and drop empty ones; drop duplicate prompts, case and whitespace variants included (first kept); drop the prompts in ``exclude`` (the
     prompts of the datasets ``cfg.exclude`` names, matched ignoring case and whitespace); number the remaining rows
     ``f"{name}-{i:04d}"`` in file order; with ``cfg.limit``, keep a seeded subset of that many rows
     (file order and ids preserved); assign splits by a seeded permutation with
@@ -312,7 +312,7 @@ def build_dataset(
     n_read = len(table)
     table = table[table["prompt"] != ""]
     n_nonempty = len(table)
-    table = table.drop_duplicates(subset="prompt", keep="first")
+    table = table.loc[~normalised_prompts(table["prompt"]).duplicated(keep="first")]
     n_unique = len(table)
     if len(exclude):
         table = table[~normalised_prompts(table["prompt"]).isin(set(normalised_prompts(pd.Series(list(exclude)))))]

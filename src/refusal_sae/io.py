@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,25 @@ def publish(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, dest)
+
+
+def publish_directory(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move a finished temporary directory (e.g. from ``mkdtemp``, mode 0700) to ``dest``, replacing an
+    existing one; it and everything in it get the modes new files and directories get under the process
+    umask (``mkdtemp`` and safetensors write 0700 / 0600, which nobody else on a shared cluster could read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(tmp):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:

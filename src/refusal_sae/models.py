@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .interventions import decoder_layers
+from .io import publish_directory
 
 _PROBE_A = "apple pie"
 _PROBE_B = "Quick zebra? Yes."
@@ -69,12 +70,7 @@ def save_hf_directory(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
+    return publish_directory(tmp, dest)
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from .interventions import (
     intervene,
     run_until,
 )
+from .io import publish_directory
 from .models import ChatModel
 
 SINK_TOKENS = 1
@@ -359,9 +360,7 @@ def save_sae(sae: SAE, directory: str | os.PathLike, metadata: Mapping[str, Any]
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         sae.save_model(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        publish_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
