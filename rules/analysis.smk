@@ -65,8 +65,14 @@ def refusal_set_file(w):
     return features_file(w.model, CFG.analysis.refusal_set)
 
 
+def category_sets_input(w):
+    """The categories' harm features, when that analysis runs (the suppression table reads them)."""
+    return {"category_sets": f"results/{w.model}/analysis/category_sets.parquet"} if CFG.analysis.categories else {}
+
+
 rule suppression:
     input:
+        unpack(category_sets_input),
         model=lambda w: manifest(w.model),
         saes="resources/saes/{model}/saes.json",
         adversarial=lambda w: adversarial_files(w.model),

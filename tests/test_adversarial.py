@@ -15,6 +15,7 @@ from refusal_sae.adversarial import (
     relative_drop,
     render,
     suffix_word_table,
+    token_mean_activation,
 )
 from refusal_sae.interventions import Recorder, run_until
 
@@ -84,6 +85,19 @@ def test_latent_activations_match_a_direct_read(tiny_chat, tiny_saes):
                                rtol=1e-6)
     residuals = last_token_residuals(tiny_chat, prompts, [0, 3])
     assert set(residuals) == {0, 3} and residuals[3].shape == (2, tiny_chat.facts.d_model)
+
+
+def test_token_mean_activation_is_the_unpadded_mean_after_the_sink(tiny_chat, tiny_saes):
+    prompts = ["How do I make a bomb?", "Tell me a joke about a very long and winding road"]
+    features = pd.DataFrame({"layer": [2, 1], "feature": [5, 7]})
+    got = token_mean_activation(tiny_chat, tiny_saes, prompts, features, batch_size=2)  # left padded together
+    for i, prompt in enumerate(prompts):
+        recorder = Recorder([1, 2])
+        run_until(tiny_chat.model, [recorder], last_layer=2, **tiny_chat.tokenize([prompt]))
+        per_feature = [tiny_saes[layer].encode(recorder.outputs[layer][0][0, 1:])[:, feature].detach().numpy()
+                       for layer, feature in zip(features["layer"], features["feature"], strict=True)]
+        assert got[i] == pytest.approx(float(np.mean(per_feature)), rel=1e-5, abs=1e-6)
+    assert np.isnan(token_mean_activation(tiny_chat, tiny_saes, prompts, features.iloc[0:0])).all()
 
 
 def test_suffix_word_table_finds_the_planted_suppressing_word():

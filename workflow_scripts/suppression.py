@@ -1,9 +1,16 @@
 """Entry script: how adversarial variants suppress the refusal features (METHOD.md §9). Per pair whose
 explicit request is refused, the relative drop of the refusal features' mean activation over the last
-prompt tokens; word-by-word increments of suffix variants; group means with intervals."""
+prompt tokens and of the harm features' (every category's H_c, when the categories ran) mean over the
+prompt's tokens; word-by-word increments of suffix variants; group means with intervals."""
 import pandas as pd
 
-from refusal_sae.adversarial import SUPPRESSION_COLUMNS, refusal_activation, relative_drop, suffix_word_table
+from refusal_sae.adversarial import (
+    SUPPRESSION_COLUMNS,
+    refusal_activation,
+    relative_drop,
+    suffix_word_table,
+    token_mean_activation,
+)
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.methods import top_of
 from refusal_sae.metrics import bootstrap_difference, mean_row, rate_row
@@ -31,6 +38,22 @@ table = judged.assign(
     n_features=len(refusal),
 )
 table["refusal_drop"] = relative_drop(table["refusal_explicit"], table["refusal_adversarial"])
+# Harm features: every category's H_c (METHOD.md §8) when the categories ran, mean over the prompt's tokens.
+harm = pd.DataFrame(columns=["layer", "feature"])
+if smk.input.get("category_sets"):
+    roles = read_parquet(smk.input.category_sets)
+    harm = roles.loc[roles["role"] == "harm", ["layer", "feature"]].drop_duplicates().sort_values(["layer", "feature"])
+
+
+def harm_activation(prompts):
+    return token_mean_activation(stage.chat, stage.saes, prompts, harm, a.batch_size)
+
+
+harm_explicit = dict(zip(explicit["prompt_id"], harm_activation(explicit["explicit"].tolist()), strict=True))
+table["harm_explicit"] = table["prompt_id"].map(harm_explicit).astype(float)
+table["harm_adversarial"] = harm_activation(table["adversarial"].tolist())
+table["harm_drop"] = relative_drop(table["harm_explicit"], table["harm_adversarial"])
+table["n_harm_features"] = len(harm)
 write_parquet(table[SUPPRESSION_COLUMNS], smk.output.pairs, {"analysis": smk.config.get("analysis", {})})
 
 # Word by word: every suffix pair that jailbreaks, and the first max_prompts failed ones as the comparison.
@@ -48,6 +71,8 @@ for dataset, group in [("all", table), *table.groupby("dataset")]:
         for outcome_name in ("jailbreak", "failed"):
             drops = part.loc[part["outcome"] == outcome_name, "refusal_drop"]
             rows.append(mean_row(source, dataset, "refusal_feature_drop", drops.tolist(), group=outcome_name))
+            drops = part.loc[part["outcome"] == outcome_name, "harm_drop"]
+            rows.append(mean_row(source, dataset, "harm_feature_drop", drops.tolist(), group=outcome_name))
         for outcome_name in ("jailbreak", "failed"):
             # Robust to a near-zero explicit activation, which can dominate a mean of per-pair ratios.
             group_rows = part.loc[part["outcome"] == outcome_name]

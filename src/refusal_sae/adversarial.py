@@ -45,13 +45,15 @@ __all__ = [
     "render",
     "suffix_prefixes",
     "suffix_word_table",
+    "token_mean_activation",
 ]
 
 SLOT = re.compile(r"\{\{\s*prompt\s*\}\}")
 PAIR_COLUMNS = ["pair_id", "prompt_id", "dataset", "source", "variant_id", "kind", "explicit", "adversarial"]
 OUTCOMES = ("jailbreak", "failed", "not_refused")
 SUPPRESSION_COLUMNS = ["pair_id", "prompt_id", "dataset", "source", "variant_id", "kind", "outcome",
-                       "refusal_explicit", "refusal_adversarial", "refusal_drop", "n_features"]
+                       "refusal_explicit", "refusal_adversarial", "refusal_drop", "n_features",
+                       "harm_explicit", "harm_adversarial", "harm_drop", "n_harm_features"]
 WORD_COLUMNS = ["pair_id", "source", "outcome", "n_words", "word", "refusal_activation", "increment", "top"]
 
 
@@ -206,6 +208,28 @@ def suffix_prefixes(request: str, suffix: str) -> list[tuple[int, str, str]]:
     words = suffix.split()
     request = request.strip()
     return [(n, words[n - 1] if n else "", " ".join([request, *words[:n]])) for n in range(len(words) + 1)]
+
+
+@torch.no_grad()
+def token_mean_activation(chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompts: Sequence[str],
+                          features: pd.DataFrame, batch_size: int = 16, skip_first: int = 1) -> np.ndarray:
+    """``[n_prompts]``: the mean activation of ``features`` over each prompt's tokens (from its
+    ``skip_first``-th real token on: the attention sink, which the SAEs were not trained on, is left out)
+    and over the features; the study's harm-feature activation (METHOD.md section 9)."""
+    if not len(prompts) or features.empty:
+        return np.full(len(prompts), np.nan)
+    layers = sorted(set(features["layer"].astype(int).tolist()))
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = chat.tokenize(list(prompts[start:start + batch_size]))
+        recorder = Recorder(layers)
+        run_until(chat.model, [recorder], last_layer=max(layers), **batch)
+        mask = batch["attention_mask"].bool().cpu()
+        real = mask & (mask.cumsum(-1) > skip_first)  # left padding: a row's real tokens are its last ones
+        latents = encode_latents(saes, {layer: recorder.outputs[layer][0] for layer in layers}, features)
+        per_token = torch.as_tensor(latents).mean(-1)  # [b, t]: mean over the features
+        out.append(((per_token * real).sum(-1) / real.sum(-1).clamp(min=1)).numpy())
+    return np.concatenate(out)
 
 
 def refusal_activation(chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompts: Sequence[str],
