@@ -11,7 +11,7 @@ PIP_TOOLS_VERSION := 7.6.2
 PIP_COMPILE_FLAGS := --quiet --extra dev --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: run unlock test setup lint dry-run lock test-latest
+.PHONY: run unlock test setup lint dry-run lock test-latest report
 
 $(BIN)/activate: pyproject.toml $(LOCK)
 	rm -rf $(VENV)
@@ -30,6 +30,11 @@ run: setup
 	  if ls .snakemake/locks/* >/dev/null 2>&1; then \
 	    echo "make run: the working directory is locked; if no other snakemake runs here (a killed run left the lock), run: make unlock"; \
 	  fi; exit $$status; }
+
+# The HTML report of the finished run: every figure of rules/report.smk with its caption, one category per
+# stage (the figures are drawn by `make run`; the report only collects them).
+report: run
+	$(BIN)/snakemake --report results/report.html --workflow-profile profiles/default
 
 unlock: setup
 	$(BIN)/snakemake --unlock --cores 1

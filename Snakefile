@@ -31,6 +31,7 @@ include: "rules/evaluation.smk"
 include: "rules/in_sample.smk"
 include: "rules/studyb.smk"
 include: "rules/analysis.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -126,15 +126,14 @@ rule categories:
         saes="resources/saes/{model}/saes.json",
         direction="results/{model}/direction/direction.parquet",
         prompts="results/{model}/direction/prompts.parquet",
-        fitting=dataset_files(datasets_with("train", "val")),
-        evaluated=dataset_files(CFG.analysis.category_datasets or datasets_with("train", "val")),
+        datasets=dataset_files(CFG.category_datasets()),
     output:
         sets="results/{model}/analysis/category_sets.parquet",
         generations="results/{model}/analysis/categories.parquet",
         metrics="results/{model}/metrics/categories.parquet",
     params:
         code=code_version("categories", "adversarial", "attribution", "direction", "generation", "judges", "metrics",
-                          "methods", "interventions", "selection", "pipeline", "saes"),
+                          "methods", "interventions", "selection", "pipeline", "saes", "config"),
         settings=settings(*LOAD_KEYS, "models.{model}.clamp_scale", "analysis.category_min_prompts",
                           "analysis.category_max_prompts", "analysis.category_eval_prompts",
                           "analysis.refusal_fraction", "analysis.last_tokens", "analysis.batch_size",

@@ -11,10 +11,10 @@ from refusal_sae.categories import (
     category_pools,
     condition_sets,
     hold_edit,
-    later_refusal_features,
     refusal_features,
     split_roles,
     transfer_partners,
+    upstream_checks,
 )
 from refusal_sae.metrics import paired_ratio_bootstrap
 
@@ -69,17 +69,17 @@ def test_conditions_clamp_one_part_and_hold_the_other():
     assert pairs(clamped) == set(OWN["drugs"]) and pairs(held) == set(SHARED)
     clamped, held = condition_sets(roles, "cyber", "base", partners)
     assert clamped.empty and held.empty
-    # The upstream check reads the refusal features after cyber's first harm layer (2): both.
-    assert pairs(later_refusal_features(roles, "cyber")) == set(SHARED)
-    assert pairs(later_refusal_features(roles, "weapons")) == {(5, 1), (8, 2)}
-    assert pairs(later_refusal_features(roles, "drugs")) == set(SHARED)
+    # The upstream check: each refusal layer with the category's harm features strictly below it.
+    cyber = [(layer, pairs(r), pairs(h)) for layer, r, h in upstream_checks(roles, "cyber")]
+    assert cyber == [(5, {(5, 1)}, {(2, 7)}), (8, {(8, 2)}, {(2, 7), (5, 9)})]
+    assert [(layer, pairs(h)) for layer, _, h in upstream_checks(roles, "weapons")] == [(5, {(3, 4)}), (8, {(3, 4)})]
 
 
 def test_hold_edit_groups_latents_by_layer(tiny_saes):
     roles = split_roles({c: s.assign(layer=s["layer"] % 4) for c, s in planted_sets().items()})
     hold = hold_edit(refusal_features(roles), tiny_saes)
     assert {layer: index.tolist() for layer, index in hold.features.items()} == {1: [1], 0: [2]}
-    assert hold_edit(refusal_features(roles).iloc[0:0], tiny_saes) is None
+    assert hold_edit(refusal_features(roles).iloc[0:0], tiny_saes).layers == []
     with pytest.raises(ValueError, match="no SAE"):
         hold_edit(pd.DataFrame({"layer": [7], "feature": [0]}), {0: tiny_saes[0]})
     assert isinstance(hold.features[0], torch.Tensor)

@@ -105,6 +105,9 @@ def _set(config: dict, path: str, value) -> dict:
     ("analysis.refusal_set", "ours_prompt", r"config.analysis.refusal_set"),
     ("analysis.sources", {"x": {"kind": "suffix", "files": []}}, r"analysis.sources.x.files: give at least one"),
     ("studyb.stage3_tau", 0.3, r"config.studyb.stage3_tau: 0.3 is not one of studyb.taus"),
+    ("analysis.category_datasets", ["harmbench_test"], r"category_datasets: \['harmbench_test'\] must hold categorised"),
+    ("analysis.category_datasets", ["nope"], r"category_datasets: 'nope' is not a configured dataset"),
+    ("analysis.refusal_fraction", 0.0, r"config.analysis.refusal_fraction: 0.0 must be in \(0, 1\]"),
 ])
 def test_counts_names_and_labels_fail_before_any_job(path, value, message):
     with pytest.raises(ConfigError, match=message):

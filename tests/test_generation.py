@@ -242,8 +242,8 @@ def test_held_copy_is_fed_the_edited_rows_tokens(tiny_chat):
     calls: list[torch.Tensor] = []
     handle = tiny_chat.model.get_input_embeddings().register_forward_pre_hook(lambda m, args: calls.append(args[0]))
     try:
-        got, _ = generate_scored(tiny_chat, PROMPTS[:2], [clamp], max_new_tokens=4, batch_size=2,
-                                 progress=False, hold=hold)
+        got, _ = generate_scored(tiny_chat, PROMPTS[:2], [clamp], max_new_tokens=4, batch_size=4,
+                                 progress=False, hold=hold)  # 2 prompts and their copies per forward
     finally:
         handle.remove()
     assert got == [tiny_chat.tokenizer.decode(tokens[:1] * 4)] * 2

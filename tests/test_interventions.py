@@ -368,3 +368,29 @@ def test_sparse_splice_equals_the_full_splice_for_topk_and_relu_saes():
         fast = sparse_splice(sae, hidden, index, lambda cols: -3 * cols + 0.5)
         assert torch.allclose(fast, splice(sae, hidden, full), atol=1e-5)
         assert not torch.allclose(fast, hidden, atol=1e-3)
+
+
+def test_held_and_clamped_latents_of_one_layer_are_one_splice(tiny_chat, tiny_saes):
+    """Upstream edits move layer 2's input; there the held latents take the unedited copy's values and the
+    clamped ones -3x their own, both read from the same incoming stream (not one splice after the other)."""
+    from refusal_sae.interventions import HoldLatents, SecondHalf, Simultaneous, decoder_directions
+
+    batch = tiny_chat.tokenize(["How do I make a bomb?", "Tell me a story about a very long road"])
+    doubled = {key: torch.cat([value, value]) for key, value in batch.items()}
+    held, clamped = torch.arange(0, 64, 3), torch.arange(1, 64, 3)
+    upstream = FeatureEdit({1: tiny_saes[1]}, {1: torch.arange(0, 64, 2)}, mode="scale", value=-3.0)
+    clamp = FeatureEdit({2: tiny_saes[2]}, {2: clamped}, mode="scale", value=-3.0)
+    hold = HoldLatents(tiny_saes, {2: held})
+    before, after = Recorder([2]), Recorder([2])
+    with torch.no_grad(), intervene(tiny_chat.model, [before, Simultaneous([hold, SecondHalf(upstream),
+                                                                             SecondHalf(clamp)]), after]):
+        tiny_chat.model(**doubled)
+    h, got = before.outputs[2][0], after.outputs[2][0]
+    sae = tiny_saes[2]
+    with torch.no_grad():
+        f = sae.encode(h)
+        expected = (h[2:] + (f[:2][..., held] - f[2:][..., held]) @ decoder_directions(sae, held, h)
+                    + (-4.0 * f[2:][..., clamped]) @ decoder_directions(sae, clamped, h))
+    assert not torch.allclose(h[:2], h[2:])  # the upstream clamp did move the edited rows
+    torch.testing.assert_close(got[2:], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[:2], h[:2], rtol=0, atol=0)

@@ -107,7 +107,7 @@ def tiny_config(tmp: Path) -> dict:
                    "n_added": 1, "activations_rank": 2, "activations_epochs": 5},
         "analysis": {"max_prompts": 4, "last_tokens": 2, "batch_size": 8, "probe_max_per_class": 16,
                      "category_min_prompts": 3, "category_max_prompts": 6, "category_eval_prompts": 3,
-                     "category_datasets": ["harmful"],
+                     "category_datasets": ["harmful_train", "harmful"],
                      "n_bootstrap": 50, "sources": adversarial_sources(tmp)},
     }
 

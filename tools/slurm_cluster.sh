@@ -24,8 +24,8 @@
 #
 # The GPU: rules with `resources: gpu=1` are submitted by the plugin as `sbatch ... --gpus=1`, which
 # Slurm rejects ("Requested node configuration is not available") unless a node has a `gpu` GRES. The
-# node therefore declares one fake GPU (gres.conf without a device file: counted and scheduled, no
-# device is bound). A GPU job gets the GRES allocation, not a real device.
+# node therefore declares one fake GPU (gres.conf points at a plain file instead of /dev/nvidia0: it is
+# counted and scheduled, nothing is bound). A GPU job gets the GRES allocation, not a real device.
 #
 # Files: /etc/slurm/{slurm,gres,slurmdbd}.conf (written only if absent or written by this script),
 # state under $SLURM_CLUSTER_STATE, pids under $SLURM_CLUSTER_RUN, logs under $SLURM_CLUSTER_LOG.
@@ -47,11 +47,10 @@ die() { log "error: $*"; exit 1; }
 # --- processes -------------------------------------------------------------------------------------
 
 # alive PIDFILE NAME: the pid in PIDFILE is a running process whose command name is NAME.
+# Sets ALIVE_PID. (A daemon removes its pid file when it exits, so the file may vanish at any time.)
 alive() {
-    local pid
-    [[ -s $1 ]] || return 1
-    pid=$(tr -dc '0-9' < "$1")
-    [[ -n $pid ]] && [[ "$(ps -p "$pid" -o comm= 2>/dev/null)" == "$2" ]]
+    ALIVE_PID=$(tr -dc '0-9' 2>/dev/null < "$1") || return 1
+    [[ -n $ALIVE_PID ]] && [[ "$(ps -p "$ALIVE_PID" -o comm= 2>/dev/null)" == "$2" ]]
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND every second until it succeeds.
@@ -69,7 +68,7 @@ wait_for() {
 stop_pid() {
     local pidfile=$1 name=$2 pid
     if alive "$pidfile" "$name"; then
-        pid=$(tr -dc '0-9' < "$pidfile")
+        pid=$ALIVE_PID
         log "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < 60; i++)); do
@@ -180,7 +179,10 @@ MinJobAge=300
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStorageTRES=gres/gpu
+# The plugin submits with --comment rule_<name>[_wildcards_...]: keep it, so sacct shows each job's rule.
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
+MailProg=/bin/true
 InactiveLimit=0
 KillWait=10
 NodeName=$NODE NodeAddr=127.0.0.1 $hardware Gres=gpu:1 State=UNKNOWN
@@ -188,10 +190,14 @@ PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
 )
+    # slurmd drops a GPU GRES without File= ("Ignoring file-less GPU"); a plain file stands in for the
+    # device node (no mknod needed, nothing is bound: task/none does no device confinement).
+    mkdir -p "$STATE/fake-gpu"
+    touch "$STATE/fake-gpu/gpu0"
     changed+=$(write_conf "$CONF_DIR/gres.conf" root 644 <<EOF
-$MARKER: one fake GPU (no device file), so that --gpus=1 can be scheduled.
+$MARKER: one fake GPU, so that --gpus=1 can be scheduled.
 AutoDetect=off
-NodeName=$NODE Name=gpu Count=1
+NodeName=$NODE Name=gpu File=$STATE/fake-gpu/gpu0
 EOF
 )
     mkdir -p "$STATE"
@@ -239,28 +245,36 @@ start_munge() {
     cp /run/munge/munged.pid "$RUN/munged.pid"
 }
 
-db() { mariadb --no-defaults --protocol=socket --socket="$RUN/mysqld.sock" -u root "$@"; }
+db() { mariadb --no-defaults --protocol=socket --socket="$RUN/mysql/mysqld.sock" -u root "$@"; }
 
 start_mariadb() {
     local datadir=$STATE/mysql
-    if ! alive "$RUN/mysqld.pid" mariadbd; then
+    mkdir -p "$RUN/mysql" "$LOG/mysql"
+    chown mysql:mysql "$RUN/mysql" "$LOG/mysql"
+    if ! alive "$RUN/mysql/mysqld.pid" mariadbd; then
         if [[ ! -d $datadir/mysql ]]; then
             log "initialising MariaDB in $datadir"
             mkdir -p "$datadir"
             chown mysql:mysql "$datadir"
             mariadb-install-db --no-defaults --user=mysql --datadir="$datadir" \
-                --auth-root-authentication-method=socket --skip-test-db >"$LOG/mariadb-install.log" 2>&1 \
-                || die "mariadb-install-db failed, see $LOG/mariadb-install.log"
+                --auth-root-authentication-method=socket --skip-test-db >"$LOG/mysql/install.log" 2>&1 \
+                || die "mariadb-install-db failed, see $LOG/mysql/install.log"
         fi
         log "starting mariadbd (127.0.0.1:$DB_PORT)"
         # A private instance: no option files read, loopback only, small buffers; the InnoDB settings
         # are the ones slurmdbd's documentation asks for (it warns about smaller ones).
         setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$datadir" \
-            --socket="$RUN/mysqld.sock" --pid-file="$RUN/mysqld.pid" --port="$DB_PORT" \
-            --bind-address=127.0.0.1 --skip-name-resolve --log-error="$LOG/mariadb.log" \
+            --socket="$RUN/mysql/mysqld.sock" --pid-file="$RUN/mysql/mysqld.pid" --port="$DB_PORT" \
+            --bind-address=127.0.0.1 --skip-name-resolve --log-error="$LOG/mysql/mariadb.log" \
             --innodb-buffer-pool-size=128M --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 \
-            --max-connections=50 </dev/null >>"$LOG/mariadb.log" 2>&1 &
-        wait_for 60 "MariaDB" db -e "SELECT 1"
+            --max-connections=50 </dev/null >>"$LOG/mysql/mariadb.log" 2>&1 &
+        local pid=$!
+        for ((i = 0; i < 60; i++)); do
+            db -e "SELECT 1" >/dev/null 2>&1 && break
+            kill -0 "$pid" 2>/dev/null || die "mariadbd exited: $(tail -n 5 "$LOG/mysql/mariadb.log")"
+            sleep 1
+        done
+        db -e "SELECT 1" >/dev/null || die "MariaDB did not answer in 60 s, see $LOG/mysql/mariadb.log"
     fi
     local pass
     pass=$(cat "$STATE/db_password")
@@ -356,7 +370,7 @@ cmd_stop() {
     [[ $EUID -eq 0 ]] || die "run as root"
     cancel_jobs
     stop_slurm_daemons
-    stop_pid "$RUN/mysqld.pid" mariadbd
+    stop_pid "$RUN/mysql/mysqld.pid" mariadbd
     if [[ -e $RUN/munged.pid ]]; then
         stop_pid "$RUN/munged.pid" munged
         rm -f /run/munge/munged.pid
@@ -368,9 +382,9 @@ cmd_status() {
     local ok=0 name pidfile
     for name in munged mariadbd slurmdbd slurmctld slurmd; do
         pidfile=$RUN/$name.pid
-        [[ $name == mariadbd ]] && pidfile=$RUN/mysqld.pid
+        [[ $name == mariadbd ]] && pidfile=$RUN/mysql/mysqld.pid
         if alive "$pidfile" "$name"; then
-            echo "$name: running (pid $(tr -dc '0-9' < "$pidfile"))"
+            echo "$name: running (pid $ALIVE_PID)"
         elif [[ $name == munged ]] && munge_works; then
             echo "munged: running (not started by this script)"
         else

@@ -228,7 +228,8 @@ def token_mean_activation(chat: ChatModel, saes: Mapping[int, SparseAutoencoder]
         real = mask & (mask.cumsum(-1) > skip_first)  # left padding: a row's real tokens are its last ones
         latents = encode_latents(saes, {layer: recorder.outputs[layer][0] for layer in layers}, features)
         per_token = torch.as_tensor(latents).mean(-1)  # [b, t]: mean over the features
-        out.append(((per_token * real).sum(-1) / real.sum(-1).clamp(min=1)).numpy())
+        # where(), not a product: a padded position's latents may be non-finite (fully masked attention rows).
+        out.append((torch.where(real, per_token, 0.0).sum(-1) / real.sum(-1).clamp(min=1)).numpy())
     return np.concatenate(out)
 
 

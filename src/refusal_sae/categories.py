@@ -119,21 +119,25 @@ def as_global_set(latents: pd.DataFrame, method: str) -> pd.DataFrame:
     })[SET_COLUMNS]
 
 
-def hold_edit(latents: pd.DataFrame, saes: Mapping[int, SparseAutoencoder]) -> HoldLatents | None:
-    """A :class:`HoldLatents` for ``layer, feature`` rows; ``None`` when there is nothing to hold."""
-    if latents.empty:
-        return None
-    features, _ = feature_set_to_edit_inputs(as_global_set(latents, "hold"), [])
+def hold_edit(latents: pd.DataFrame, saes: Mapping[int, SparseAutoencoder]) -> HoldLatents:
+    """A :class:`HoldLatents` for ``layer, feature`` rows (none: a hold of nothing, the doubled batch alone,
+    so that every condition is generated the same way)."""
+    features, _ = feature_set_to_edit_inputs(as_global_set(latents, "hold"), []) if not latents.empty else ({}, None)
     missing = sorted(set(features) - set(saes))
     if missing:
         raise ValueError(f"held latents use layers {missing} that have no SAE")
     return HoldLatents(saes, features)
 
 
-def later_refusal_features(roles: pd.DataFrame, category: str) -> pd.DataFrame:
-    """The members of ``R`` at layers after ``H_c``'s first layer: the features the upstream check reads."""
+def upstream_checks(roles: pd.DataFrame, category: str) -> list[tuple[int, pd.DataFrame, pd.DataFrame]]:
+    """The upstream check's cases: ``(layer L, R at L, H_c below L)`` for every layer of ``R`` with harm
+    features of ``category`` at earlier layers. Only those are clamped, so a refusal feature's change is
+    carried to it by the model, not written into its own layer by a same-layer decoder."""
     harm = harm_features(roles, category)
     refusal = refusal_features(roles)
-    if harm.empty:
-        return refusal.iloc[0:0]
-    return refusal.loc[refusal["layer"] > int(harm["layer"].min())].reset_index(drop=True)
+    cases = []
+    for layer, members in refusal.groupby("layer", sort=True):
+        below = harm.loc[harm["layer"] < layer].reset_index(drop=True)
+        if not below.empty:
+            cases.append((int(layer), members.reset_index(drop=True), below))
+    return cases

@@ -363,14 +363,16 @@ class AnalysisConfig:
     categories: bool = True
     """Harm vs refusal features by category (METHOD.md section 8), rule ``categories``."""
     category_min_prompts: int = 12
-    """A harm category of the refused harmful training prompts gets its own direction and set ``F*_c`` when
-    it has at least this many prompts (the first ``category_max_prompts`` of them are used)."""
+    """A harm category gets its own direction and set ``F*_c`` when at least this many of its training
+    prompts are refused (the first ``category_max_prompts`` of them are used), and it is evaluated when
+    it has this many test prompts too."""
     category_max_prompts: int = 32
     category_eval_prompts: int = 16
     """Test-split prompts of each category (file order) generated under every condition."""
     category_datasets: list[str] | None = None
-    """Datasets whose harmful test-split rows are the categories' evaluation prompts; None: the datasets the
-    categories are fitted on (those with train or val rows), so adding an evaluation set reruns nothing here."""
+    """Datasets of the categories: their refused training prompts are fitted, their test rows evaluated
+    (one labelling, so "a category" means one thing). None: every harmful dataset with both a train and a
+    test split (the default: StrongREJECT), so adding an evaluation set reruns nothing here."""
     refusal_fraction: float = 1.0
     """A latent is a refusal feature when it is in at least this fraction of the categories' sets (1.0:
     the study's intersection, which can be empty)."""
@@ -416,6 +418,15 @@ class PipelineConfig:
             return [(c, k) for c in grid.clamp_scales for k in grid.k_stars]
         points = [(c, k_star) for c in grid.clamp_scales] + [(clamp_scale, k) for k in grid.k_stars]
         return list(dict.fromkeys(points))
+
+    def category_datasets(self) -> list[str]:
+        """The datasets of METHOD.md section 8: their refused training prompts form the category pools and
+        their test rows are evaluated (``analysis.category_datasets``, else every harmful dataset with a
+        train and a test split, so that fit and evaluation share one category labelling)."""
+        if self.analysis.category_datasets is not None:
+            return list(self.analysis.category_datasets)
+        return [name for name, d in self.datasets.items()
+                if d.label == "harmful" and d.splits.get("train", 0) > 0 and d.splits.get("test", 0) > 0]
 
     def selected_models(self) -> list[str]:
         """Model keys the workflow targets (``only_models`` or all)."""
@@ -566,6 +577,12 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
     for ds_name in cfg.analysis.category_datasets or []:
         if ds_name not in cfg.datasets:
             raise ConfigError(f"config.analysis.category_datasets: {ds_name!r} is not a configured dataset")
+    if cfg.analysis.enabled and cfg.analysis.categories:
+        chosen = [cfg.datasets[d] for d in cfg.category_datasets()]
+        if not any(d.category_column for d in chosen) or not any(d.splits.get("train", 0) for d in chosen) \
+                or not any(d.splits.get("test", 0) for d in chosen):
+            raise ConfigError(f"config.analysis.category_datasets: {cfg.category_datasets()} must hold categorised "
+                              "harmful prompts with train and test rows (or set analysis.categories: false)")
     if not 0 < cfg.analysis.refusal_fraction <= 1:
         raise ConfigError(f"config.analysis.refusal_fraction: {cfg.analysis.refusal_fraction} must be in (0, 1]")
     if cfg.analysis.last_tokens < 1 or cfg.analysis.max_prompts < 1:

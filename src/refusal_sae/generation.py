@@ -23,7 +23,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .interventions import EditsForRows, HoldLatents, ResidualEdit, SecondHalf, edits_for_rows, intervene
+from .interventions import (
+    EditsForRows,
+    HoldLatents,
+    ResidualEdit,
+    SecondHalf,
+    Simultaneous,
+    edits_for_rows,
+    intervene,
+)
 from .io import read_metadata, read_parquet, write_parquet
 from .models import ChatModel
 from .scoring import refusal_score_from_logits
@@ -93,12 +101,15 @@ def generate_scored(
     once rather than at the end). A callable ``edits`` receives each batch's rows as a ``LongTensor``
     of input indices, in the order of the batch's rows.
 
-    ``hold``: latents kept at their unedited values while ``edits`` act. Each batch then runs beside an
-    unedited copy of its prompts that is fed the edited rows' tokens (twice the rows per forward), and
-    :class:`~refusal_sae.interventions.HoldLatents` copies the held latents from the copy.
+    ``hold``: latents kept at their unedited values while ``edits`` act. Each batch of ``batch_size // 2``
+    prompts then runs beside an unedited copy of itself that is fed the edited rows' tokens (``batch_size``
+    rows per forward); :class:`~refusal_sae.interventions.HoldLatents` copies the held latents from the
+    copy, in one splice with the edits of the same layer (:class:`~refusal_sae.interventions.Simultaneous`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hold is not None:
+        batch_size = max(1, batch_size // 2)
     n = len(prompts)
     lengths = prompt_lengths(chat, prompts)
     # sorted() is stable, so equal-length prompts keep their input order (deterministic batches).
@@ -114,7 +125,7 @@ def generate_scored(
             batch_edits, extra = list(edits_for_rows(edits, rows)), {}
             if hold is not None:
                 batch = {key: torch.cat([value, value]) for key, value in batch.items()}
-                batch_edits = [hold, *(SecondHalf(edit) for edit in batch_edits)]
+                batch_edits = [Simultaneous([hold, *(SecondHalf(edit) for edit in batch_edits)])]
                 extra["logits_processor"] = LogitsProcessorList([_CopyFollowsEdited()])
             with intervene(chat.model, batch_edits), _first_logits(chat.model) as first:
                 generated = chat.model.generate(

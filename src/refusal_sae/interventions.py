@@ -222,6 +222,30 @@ class SecondHalf:
 
 
 @dataclass
+class Simultaneous:
+    """Edits that all read the stream as it arrives at a layer: ``h + sum_e (e(h) - h)``.
+
+    For SAE splices with disjoint latents this is one splice, ``f'`` taking each edit's columns from the
+    same ``f = enc(h)``; applied one after another, a later splice would re-encode the earlier one's output.
+    """
+
+    edits: Sequence[ResidualEdit]
+
+    @property
+    def layers(self) -> Sequence[int]:
+        return sorted({int(layer) for edit in self.edits for layer in edit.layers})
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        mine = [edit for edit in self.edits if layer in edit.layers]
+        if len(mine) == 1:
+            return mine[0](layer, hidden, state)
+        out = hidden
+        for edit in mine:
+            out = out + (edit(layer, hidden, state) - hidden)
+        return out
+
+
+@dataclass
 class HoldLatents:
     """Hold latents at their unedited values (METHOD.md section 8: "keeping R at its original values").
 
@@ -229,9 +253,10 @@ class HoldLatents:
     other edits (wrapped in :class:`SecondHalf`). At each layer of ``features`` the second half's latents
     are set to the first half's, at every position; during generation the copy must be fed the edited
     rows' tokens (``generation.generate_scored(hold=...)`` does), so "unedited" means "the same tokens
-    without the edits". Put it before the edits of its own layers: like every splice it reads the latents
-    of the stream as it arrives (edited upstream) and writes ``h + (f_held - f) D``; held and edited
-    latents are disjoint sets.
+    without the edits". Combine it with the edits of its own layers in :class:`Simultaneous`, so that the
+    held and the edited (disjoint) latents are one splice of the incoming stream: ``f'_held`` from the
+    copy, ``f'_edited`` from the edit, both relative to the same ``f``. ``features`` may be empty (nothing
+    held: the doubled batch alone, e.g. a condition's control).
     """
 
     saes: Mapping[int, SparseAutoencoder]

@@ -263,8 +263,9 @@ def paired_ratio_bootstrap(
     """``mean(numerator) / mean(denominator)`` over the same prompts and its 95% percentile bootstrap
     interval (prompts resampled with replacement, pairs kept together), e.g. a normalised jailbreak rate.
 
-    NaN pairs are dropped first; a resample whose denominator mean is 0 is left out. Returns NaNs when
-    no pair is left or the denominator's mean is 0.
+    NaN pairs are dropped first; a resample whose denominator mean is 0 is left out, so the interval is
+    conditional on a non-zero denominator (wide when few prompts carry it). Returns NaNs when no pair is
+    left or the denominator's mean is 0.
     """
     a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
