@@ -11,7 +11,7 @@ PIP_TOOLS_VERSION := 7.6.2
 PIP_COMPILE_FLAGS := --quiet --extra dev --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: run unlock test setup lint dry-run lock test-latest report
+.PHONY: run unlock test setup lint dry-run lock test-latest test-cluster report
 
 $(BIN)/activate: pyproject.toml $(LOCK)
 	rm -rf $(VENV)
@@ -71,3 +71,10 @@ test-latest:
 	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/versions.txt
 	.venv-latest/bin/ruff check .
 	.venv-latest/bin/python -m pytest -q
+
+# A real single-node Slurm cluster (tools/slurm_cluster.sh; root, Debian): jobs go through the SLURM
+# executor with profiles/slurm-local; the tests start and stop the cluster. Quick variant:
+# make test-cluster CLUSTER_MARK='cluster and not slow'
+CLUSTER_MARK ?= cluster
+test-cluster: setup
+	$(BIN)/python -m pytest -q -s -m "$(CLUSTER_MARK)" tests/test_cluster.py

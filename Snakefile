@@ -7,7 +7,11 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-configfile: Path(workflow.basedir) / "config" / "config.yaml"
+# A --configfile replaces the embedded default (give a complete config, e.g. a copy of config/config.yaml):
+# cluster jobs re-read this file with --configfiles but without --replace-workflow-config, so loading the
+# default under it would merge the two there and not in the main process.
+if not workflow.overwrite_configfiles:
+    configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 validate(config, "config/schema.yaml")

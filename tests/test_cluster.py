@@ -9,7 +9,9 @@ module starts the cluster once and stops it at the end (a cluster that was alrea
 - test_small_workflow_runs_as_slurm_jobs: a few trivial jobs; every job is an sbatch submission that
   sacct (the plugin's status command) tracks to COMPLETED, and the rule with `resources: gpu=1` is
   submitted with `--gpus=1` and allocated `gres/gpu=1`.
-- test_tiny_workflow_on_slurm_matches_local_run (also `slow`: 15-25 minutes on 2 cores): the project's
+- test_project_job_on_slurm_sees_the_command_line_config: one cheap job of the project's workflow
+  (a tiny dataset) gives the same Parquet through the profile as locally.
+- test_tiny_workflow_on_slurm_matches_local_run (also `slow`: tens of minutes on 2 cores): the project's
   tiny workflow through the profile gives the same Parquet artifacts as a local run of the same config.
 """
 
@@ -160,6 +162,47 @@ def test_small_workflow_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     assert all("gres/gpu" not in row["AllocTRES"] for row in rows.values() if row["Comment"] != "rule_gpu")
 
 
+def failure_report(result: subprocess.CompletedProcess, workdir: Path) -> str:
+    """The end of Snakemake's output and of every SLURM job log (a failed job's error is only there)."""
+    logs = [f"--- {p.relative_to(workdir)}\n{p.read_text()[-2000:]}"
+            for p in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))]
+    return "\n".join([(result.stdout + result.stderr)[-4000:], *logs])
+
+
+def assert_same_parquet(actual: Path, expected: Path) -> None:
+    from refusal_sae.io import read_metadata
+
+    pd.testing.assert_frame_equal(pd.read_parquet(actual), pd.read_parquet(expected), check_exact=False,
+                                  rtol=1e-5, atol=1e-8, obj=str(actual))
+    assert read_metadata(actual) == read_metadata(expected), actual
+
+
+@pytest.mark.cluster
+def test_project_job_on_slurm_sees_the_command_line_config(slurm_cluster, tmp_path, monkeypatch):
+    """One job of the project's own workflow (building the tiny `harmless` dataset) through the profile
+    writes what a local run writes. A SLURM job parses the Snakefile again, with the command line the
+    plugin gives it; Snakemake 9.27 passes it --configfiles but not --replace-workflow-config, so unless
+    the Snakefile accounts for that, the job merges config/config.yaml under the tiny config (and the
+    merged `harmless` splits sum to 1.7)."""
+    import tiny_workflow
+
+    # The dataset job needs no model: skip building the tiny one.
+    monkeypatch.setattr(tiny_workflow, "compliant_tiny_model", lambda: None)
+    monkeypatch.setattr(tiny_workflow, "save_tiny_chat_model", lambda *args, **kwargs: None)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    config = yaml.safe_dump(tiny_workflow.tiny_config(inputs))
+    target = "resources/datasets/harmless.parquet"
+    for name, args in (("local", []), ("slurm", ["--profile", str(PROFILE), "--verbose"])):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / "config.yaml").write_text(config)
+        result = tiny_workflow.run_workflow(workdir, *args, target)
+        assert result.returncode == 0, failure_report(result, workdir)
+    assert len(submitted_jobids(result.stdout + result.stderr)) == 1
+    assert_same_parquet(tmp_path / "slurm" / target, tmp_path / "local" / target)
+
+
 def parquet_files(workdir: Path) -> list[Path]:
     return sorted(p.relative_to(workdir) for top in ("results", "resources")
                   for p in (workdir / top).rglob("*.parquet"))
@@ -167,24 +210,23 @@ def parquet_files(workdir: Path) -> list[Path]:
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_tiny_workflow_on_slurm_matches_local_run(slurm_cluster, finished_run, tmp_path):
+def test_tiny_workflow_on_slurm_matches_local_run(slurm_cluster, request, tmp_path):
     """The tiny workflow through profiles/slurm-local writes the Parquet a local run of the same config
     writes (same config file, so the same input paths; one thread per job in both)."""
     from tiny_workflow import run_workflow
 
-    from refusal_sae.io import read_metadata
-
+    # Only now (after the cluster fixture, which skips unless -m cluster): the local run takes minutes.
+    finished_run = request.getfixturevalue("finished_run")
     shutil.copy(finished_run / "config.yaml", tmp_path / "config.yaml")
+    started = time.monotonic()
     result = run_workflow(tmp_path, "--profile", str(PROFILE), "--verbose")
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-6000:]
-    assert submitted_jobids(log), "no job went through sbatch"
-    rows = sacct_rows(submitted_jobids(log))
-    assert {row["State"] for row in rows.values()} == {"COMPLETED"}
+    print(f"tiny workflow on slurm: {time.monotonic() - started:.0f} s")
+    assert result.returncode == 0, failure_report(result, tmp_path)
+    jobids = submitted_jobids(result.stdout + result.stderr)
+    assert jobids, "no job went through sbatch"
+    assert {row["State"] for row in sacct_rows(jobids).values()} == {"COMPLETED"}
 
     local, slurm = parquet_files(finished_run), parquet_files(tmp_path)
     assert local and local == slurm
     for rel in local:
-        expected, actual = pd.read_parquet(finished_run / rel), pd.read_parquet(tmp_path / rel)
-        pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-5, atol=1e-8, obj=str(rel))
-        assert read_metadata(tmp_path / rel) == read_metadata(finished_run / rel), rel
+        assert_same_parquet(tmp_path / rel, finished_run / rel)

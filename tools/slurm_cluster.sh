@@ -17,7 +17,7 @@
 #
 # Why accounting (slurmdbd + MariaDB) and not only squeue: snakemake-executor-plugin-slurm 2.x tracks
 # job states with `sacct` whenever the `sacct` binary exists (it ships in slurm-client, so it always
-# does here), and `sacct` only answers when accounting storage is slurmdbd. The plugin's alternative,
+# does here), and `sacct` reads job records from the accounting database (slurmdbd). The alternative,
 # `--slurm-status-command squeue`, works only while finished jobs are still in slurmctld's memory
 # (MinJobAge) and is not what profiles/slurm uses on a real cluster; with accounting the profile's
 # default path (sacct) is the one tested, and so is the plugin's failed-node lookup (`sacct -j`).
