@@ -32,9 +32,10 @@ run: setup
 	  fi; exit $$status; }
 
 # The HTML report of the finished run: every figure of rules/report.smk with its caption, one category per
-# stage (the figures are drawn by `make run`; the report only collects them).
+# stage (drawn from the run's Parquet artifacts by the `figures` target, then collected).
 report: run
-	$(BIN)/snakemake --report results/report.html --workflow-profile profiles/default
+	$(BIN)/snakemake figures --cores $(CORES) --workflow-profile profiles/default
+	$(BIN)/snakemake figures --report results/report.html --workflow-profile profiles/default
 
 unlock: setup
 	$(BIN)/snakemake --unlock --cores 1

@@ -1,4 +1,5 @@
-"""Tables and figures for the report."""
+"""Tables and figures for the report: the Markdown summary (rule ``summary``) and the figures of the HTML
+report (rules/report.smk, ``snakemake --report``), one public function per figure in :data:`FIGURES`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from .io import publish
 
@@ -280,7 +282,8 @@ DIRECTION_PANELS = (("ablation_score", "ablation score (harmful; lower removes r
 """(column, title) of each heatmap of :func:`direction_candidates_figure`."""
 
 
-FILTER_MARKERS = {"kl": ("x", "filtered: KL above the bound"), "steering": ("_", "filtered: steering score < 0"),
+FILTER_MARKERS = {"kl": ("x", "filtered: KL above the configured bound"),
+                  "steering": ("_", "filtered: steering score < 0"),
                   "late_layer": (".", "filtered: late layer (not scored)")}
 """Marker and legend label of each filter reason of a direction candidate (others: ``+``)."""
 
@@ -302,10 +305,11 @@ def direction_candidates_figure(candidates: pd.DataFrame, direction: pd.DataFram
     extent = (layers[0] - 0.5, layers[-1] + 0.5, positions[0] - 0.5, positions[-1] + 0.5)
     chosen = direction.iloc[0] if len(direction) else None
     if chosen is not None:
+        rejected = f" (flagged: {chosen['reason']})" if bool(chosen["filtered"]) else ""
         title = (f"{title}\n" if title else "") + (
-            f"chosen: layer {chosen['layer']}, position {chosen['position']}; ablation {chosen['ablation_score']:.3g}, "
-            f"steering {chosen['steering_score']:.3g}, KL {chosen['kl']:.3g}")
-    fig, axes = _figure(len(DIRECTION_PANELS), 1, panel=(max(5.0, 0.28 * len(layers) + 2.0), 0.45 * len(positions) + 1.3),
+            f"chosen: layer {chosen['layer']}, position {chosen['position']}{rejected}\nablation "
+            f"{chosen['ablation_score']:.3g}, steering {chosen['steering_score']:.3g}, KL {chosen['kl']:.3g}")
+    fig, axes = _figure(len(DIRECTION_PANELS), 1, panel=(max(6.5, 0.28 * len(layers) + 2.0), 0.45 * len(positions) + 1.3),
                         title=title)
     filtered = candidates.loc[candidates["filtered"].astype(bool)]
     if chosen is not None:
@@ -323,7 +327,7 @@ def direction_candidates_figure(candidates: pd.DataFrame, direction: pd.DataFram
                               aspect="auto", extent=extent, cmap="viridis", norm=norm, interpolation="nearest")
             bound = candidates["kl_threshold_used"].dropna()
             if len(bound):
-                label = f"{label}; bound used {bound.iloc[0]:.3g}"
+                label = f"{label}; bound used for the choice {bound.iloc[0]:.3g}"
         else:
             span = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
             image = ax.imshow(grid, origin="lower", aspect="auto", extent=extent, cmap="RdBu_r", vmin=-span,
@@ -534,7 +538,7 @@ def fm_interactions_figure(weights: pd.DataFrame, path: str | os.PathLike, title
 
 def hydra_figure(hydra: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Figure:
     """Hydra latents (``results/{model}/hydra/{dataset}.parquet``): where the latents of a jailbreaking set that
-    are silent on the clean prompt wake when the rest of the set is zeroed.
+    are silent on the clean prompt wake once the set's active latents are zeroed.
 
     Left: histogram of the position (from the prompt's first real token) of their peak, stacked by whether
     the latent is critical (removing it restores refusal). Right: silent latents by the region they peak in.
@@ -560,9 +564,10 @@ def hydra_figure(hydra: pd.DataFrame, path: str | os.PathLike, title: str = "") 
         axes[0, 0].text(0.5, 0.5, "no silent latent woke", ha="center", va="center", transform=axes[0, 0].transAxes)
     axes[0, 0].set_xlabel("position of the peak (tokens from the first real one)")
     axes[0, 0].set_ylabel("silent latents")
-    counts = silent.assign(critical=np.where(silent["critical"].astype(bool), "critical", "not critical"))
+    counts = silent.assign(critical=np.where(silent["critical"].astype(bool), "critical", "not critical"),
+                           woken_region=silent["woken_region"].replace({"silent": "never woke"}))
     table = counts.groupby(["woken_region", "critical"]).size().unstack(fill_value=0)
-    regions = _ordered_values(table.index, ["sink", "template_prefix", "user_text", "template_suffix", "silent"])
+    regions = _ordered_values(table.index, ["sink", "template_prefix", "user_text", "template_suffix", "never woke"])
     table = table.reindex(regions)
     bottom = np.zeros(len(regions))
     for name, color in (("critical", "tab:red"), ("not critical", "tab:grey")):
@@ -570,7 +575,10 @@ def hydra_figure(hydra: pd.DataFrame, path: str | os.PathLike, title: str = "") 
             axes[0, 1].bar(regions, table[name].to_numpy(), bottom=bottom, color=color, label=name)
             bottom += table[name].to_numpy()
     axes[0, 1].set_ylabel("silent latents")
+    axes[0, 1].set_xlabel("region of the peak")
     axes[0, 1].tick_params(axis="x", rotation=30)
+    for ax in axes[0]:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 1].legend(fontsize=7)
     return _save(fig, path)
 
