@@ -118,13 +118,13 @@ for category in pools:
         metrics.append({"method": "harm", "dataset": category, "metric": "refusal_feature_drop", "value": nan,
                         "ci_low": nan, "ci_high": nan, "n": 0, "reason": "no harm feature below a refusal layer"})
         continue
-    clean, under, n_read = [], [], 0
-    for _, refusal_here, harm_below in cases:
-        clamp = feature_edit(as_global_set(harm_below, "harm"), ids, saes, "scale", spec.clamp_scale)
-        clean.append(latent_activations(chat, saes, texts, refusal_here, a.last_tokens, a.batch_size))
-        under.append(latent_activations(chat, saes, texts, refusal_here, a.last_tokens, a.batch_size, edits=[clamp]))
-        n_read += len(refusal_here)
-    clean_mean = np.concatenate(clean, axis=2).mean(axis=(1, 2))
+    read = pd.concat([refusal_here for _, refusal_here, _ in cases], ignore_index=True)
+    n_read = len(read)
+    # One unedited read of every case's refusal features; one clamped read per case (its own harm set).
+    clean_mean = latent_activations(chat, saes, texts, read, a.last_tokens, a.batch_size).mean(axis=(1, 2))
+    under = [latent_activations(chat, saes, texts, refusal_here, a.last_tokens, a.batch_size, edits=[
+        feature_edit(as_global_set(harm_below, "harm"), ids, saes, "scale", spec.clamp_scale)])
+        for _, refusal_here, harm_below in cases]
     under_mean = np.concatenate(under, axis=2).mean(axis=(1, 2))
     metrics.append(mean_row("harm", category, "refusal_feature_drop", relative_drop(clean_mean, under_mean).tolist(),
                             reason=f"{n_read} refusal features at {len(cases)} layers, harm features below each"))
