@@ -180,7 +180,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> Figure:
 
 def _placeholder(path: str | os.PathLike, title: str, message: str) -> Figure:
     """A one-panel figure saying why there is nothing to draw."""
-    fig, axes = _figure(1, 1, panel=(6.0, 2.0), title=title)
+    # Wide enough for the title: a placeholder's panel is otherwise narrower than a one-line model title.
+    fig, axes = _figure(1, 1, panel=(max(6.0, 0.1 * len(title)), 2.0), title=title)
     ax = axes[0, 0]
     ax.set_axis_off()
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=10, gid=PLACEHOLDER_GID,
