@@ -43,7 +43,7 @@ def test_real_model_overlays_carry_the_study_settings(overlay):
     # The studies' fitting splits, with the prompts they share with the evaluation sets held out.
     assert {d for d, spec in cfg.datasets.items() if "train" in spec.splits} == {"harmful_train", "harmless_train"}
     assert set(cfg.datasets["harmful_train"].exclude) == set(cfg.evaluation.datasets)
-    # The spec's choices where the embedded default keeps its own (README, "Study A fidelity").
+    # The spec's choices where the embedded default keeps its own (the overlays' comments say which).
     assert cfg.evaluation.selection == "first" and cfg.evaluation.judge_ignore_case
     assert not cfg.attribution.target_excludes_refusal and cfg.attribution.aggregate_from == "after_system"
 

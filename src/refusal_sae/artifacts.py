@@ -4,7 +4,7 @@ Each :class:`ArtifactContract` names a path pattern (``{model}``, ``{dataset}``,
 for one path component) and the exact columns with their kinds. A run conforms when every Parquet
 file under ``results/`` and ``resources/datasets/`` matches a contract (first match wins, so the
 specific patterns come before the general ones) and holds exactly the contract's columns, each of its
-kind. The README's artifact table is :func:`markdown_table`; a test keeps the two identical.
+kind. The artifact table of ``docs/artifacts.md`` is :func:`markdown_table`; a test keeps the two identical.
 
 Usage: ``python -m refusal_sae.artifacts [ROOT]`` (ROOT defaults to the working directory) prints
 one line per problem and exits 1 if there is any.
@@ -324,7 +324,7 @@ def check_artifacts(root: str | Path, contracts: Sequence[ArtifactContract] = CO
 
 
 def markdown_table(contracts: Sequence[ArtifactContract] = CONTRACTS) -> str:
-    """The README's artifact table: pattern, one row is, columns with kinds."""
+    """The artifact table of ``docs/artifacts.md``: pattern, one row is, columns with kinds."""
     lines = ["| artifact | one row is | columns |", "|---|---|---|"]
     for c in contracts:
         columns = ", ".join(f"{name} ({kind})" for name, kind in c.columns.items())
