@@ -293,7 +293,8 @@ def test_bad_files_fail_their_jobs_and_leave_no_output(tmp_path: Path) -> None:
     assert result.returncode != 0
     for case, name in names.items():
         last = (tmp_path / f"logs/datasets/{name}.log").read_text().strip().splitlines()[-1]
-        pattern = JOB_CASES[case][1].replace("{path}", re.escape(str(paths[case])))
+        pattern = JOB_CASES[case][1].replace("{path}", re.escape(str(paths[case]))).replace("dataset mine",
+                                                                                           f"dataset {name}")
         assert re.search(pattern, last), last
         assert last in result.stdout + result.stderr  # shown by the profile's show-failed-logs
     assert list((tmp_path / "resources/datasets").glob("*")) == []
