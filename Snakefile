@@ -3,6 +3,7 @@
 #      snakemake --configfile config/gemma-2-2b-it.yaml --replace-workflow-config (a complete real-model config)
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -14,7 +15,14 @@ if not workflow.overwrite_configfiles:
     configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
-validate(config, "config/schema.yaml")
+try:
+    validate(config, "config/schema.yaml")
+except WorkflowError as exc:
+    # Snakemake's message holds the whole schema and the whole config; the jsonschema error it wraps
+    # (the exception being handled when it was raised) says where and what, in one line.
+    cause = exc.__context__
+    where = ".".join(["config", *map(str, getattr(cause, "absolute_path", []))])
+    raise WorkflowError(f"config error: {where}: {getattr(cause, 'message', exc)}") from None
 
 
 include: "rules/common.smk"

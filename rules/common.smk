@@ -18,7 +18,7 @@ _paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and
 os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *_paths])
 ENV = str(Path(workflow.basedir) / "environment.yaml")
 
-from refusal_sae.config import ConfigError, load_pipeline_config  # noqa: E402
+from refusal_sae.config import ConfigError, load_pipeline_config, missing_local_files  # noqa: E402
 from refusal_sae.methods import (  # noqa: E402
     ACTIVATION_ADDITION,
     ALL_METHODS,
@@ -34,6 +34,15 @@ try:
     CFG = load_pipeline_config(config)
 except ConfigError as exc:
     raise WorkflowError(f"config error: {exc}") from None
+# Bad input is reported before any job, one line each: a missing local file would otherwise surface only
+# in the job that reads it (a local SAE directory after the organism and the direction), and a results/,
+# resources/ or logs/ that cannot be written to only when the first job that writes there ends.
+_missing = missing_local_files(CFG)
+if _missing:
+    raise WorkflowError("config error: " + "; ".join(_missing))
+for _folder in ("results", "resources", "logs"):
+    if os.path.lexists(_folder) and not (os.path.isdir(_folder) and os.access(_folder, os.W_OK | os.X_OK)):
+        raise WorkflowError(f"working directory: {os.path.abspath(_folder)} is not a writable directory")
 
 SELECTED = CFG.selected_models()
 ORGANISMS = [m for m, c in CFG.models.items() if c.source.type == "organism"]

@@ -598,3 +598,47 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
                 raise ConfigError(f"config.analysis.sources.{name}.files[{i}].type: {f.type!r} cannot hold variants")
     cfg.selected_models()
     return cfg
+
+
+def missing_local_files(cfg: PipelineConfig) -> list[str]:
+    """One line per configured local path that does not exist: datasets, the selected models (and the
+    bases of selected organisms), their local SAE directories (``path_template``, one per layer) and
+    adversarial variant files. The workflow reports them before any job; otherwise a missing SAE
+    directory would surface only in the first job that loads SAEs, after the organism and direction.
+
+    Relative paths are relative to the working directory, as the jobs read them.
+    """
+    from pathlib import Path
+
+    problems = []
+
+    def need_file(path: str | None, where: str) -> None:
+        if path is not None and not Path(path).is_file():
+            problems.append(f"{where}: {path}: file not found")
+
+    for name, ds in cfg.datasets.items():
+        if ds.source.type == "local":
+            need_file(ds.source.path, f"config.datasets.{name}.source.path")
+    selected = cfg.selected_models()
+    bases = [cfg.models[m].source.base for m in selected if cfg.models[m].source.type == "organism"]
+    for name in dict.fromkeys([*selected, *(b for b in bases if b is not None)]):
+        model = cfg.models[name]
+        source = model.source
+        if source.type == "local" and source.path is not None:
+            if source.gguf_file:
+                need_file(str(Path(source.path) / source.gguf_file), f"config.models.{name}.source.gguf_file")
+            elif not Path(source.path).is_dir():
+                problems.append(f"config.models.{name}.source.path: {source.path}: directory not found")
+        saes = model.saes
+        if saes.type == "local" and saes.path_template and isinstance(saes.layers, list):
+            files = {layer: Path(saes.path_template.format(layer=layer)) / "cfg.json" for layer in saes.layers}
+            missing = [layer for layer, path in files.items() if not path.is_file()]
+            if missing:
+                problems.append(f"config.models.{name}.saes.path_template: {files[missing[0]]}: file not found "
+                                f"(no sae-lens directory for layer(s) {missing})")
+    if cfg.analysis.enabled:
+        for name, src in cfg.analysis.sources.items():
+            for i, f in enumerate(src.files):
+                if f.type == "local":
+                    need_file(f.path, f"config.analysis.sources.{name}.files[{i}].path")
+    return problems

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .config import ConfigError
 from .interventions import decoder_layers
 from .io import publish_directory
 
@@ -28,10 +29,17 @@ _PROBE_B = "Quick zebra? Yes."
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
+    """``auto`` picks CUDA when present, else CPU. A CUDA device this machine does not have is an error
+    naming the setting, raised before any model is loaded (torch would fail later, inside ``.to``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"config.device: {name!r} but this machine has {count} CUDA device(s); "
+                              "use auto or cpu")
+    return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:

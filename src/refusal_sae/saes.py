@@ -78,11 +78,12 @@ def sae_paths(spec: SAESpec, layers: Sequence[int], local_dir: Path | None = Non
     return {int(layer): Path(local_dir) / f"layer_{int(layer)}" for layer in layers}
 
 
-def _finalise(sae: SAE, layer: int, d_model: int, dtype: str, device: str, spec: SAESpec) -> SAE:
-    """Check width, cast, freeze; warn if the SAE was trained on a different hook."""
+def _finalise(sae: SAE, layer: int, d_model: int, dtype: str, device: str, spec: SAESpec, where: str) -> SAE:
+    """Check width, cast, freeze; warn if the SAE was trained on a different hook. ``where`` names the
+    SAE (directory or release/id) in the error, so a mismatch says which file to fix."""
     if int(sae.cfg.d_in) != int(d_model):
         raise ValueError(
-            f"SAE for layer {layer} has d_in={sae.cfg.d_in} but the model has d_model={d_model}"
+            f"SAE for layer {layer} has d_in={sae.cfg.d_in} but the model has d_model={d_model} ({where})"
         )
     expected_hook = spec.hook_name_template.format(layer=layer)
     hook = sae.cfg.metadata.hook_name
@@ -120,13 +121,13 @@ def load_saes(
             raise ValueError(f"saes: release {spec.release!r} has no SAE id(s) {missing}")
         for layer, sae_id in ids.items():
             sae = SAE.from_pretrained(spec.release, sae_id, device=device, dtype=spec.dtype)
-            saes[layer] = _finalise(sae, layer, d_model, spec.dtype, device, spec)
+            saes[layer] = _finalise(sae, layer, d_model, spec.dtype, device, spec, f"{spec.release}/{sae_id}")
     elif spec.type in ("local", "train"):
         for layer, path in sae_paths(spec, layers, local_dir).items():
             if not (path / "cfg.json").exists():
                 raise FileNotFoundError(f"SAE for layer {layer}: no sae-lens directory at {path}")
             sae = SAE.load_from_disk(path, device=device, dtype=spec.dtype)
-            saes[layer] = _finalise(sae, layer, d_model, spec.dtype, device, spec)
+            saes[layer] = _finalise(sae, layer, d_model, spec.dtype, device, spec, str(path))
     else:
         raise ValueError(f"saes.type is {spec.type!r}: this model has no SAEs to load")
     return saes
