@@ -176,7 +176,7 @@ def expected_frame() -> pd.DataFrame:
                          for i, p in zip(IDS, TEXTS, strict=True) for s in ("b", "a")])
 
 
-def test_interrupted_sharded_run_resumes_with_only_unfinished_shards(tmp_path):
+def test_interrupted_sharded_run_resumes_with_only_unfinished_shards(tmp_path, caplog):
     failing = Runner(fail_on=2)
     with pytest.raises(RuntimeError, match="interrupted"):
         generate_sharded(IDS, TEXTS, tmp_path, 3, failing, progress=False)
@@ -184,8 +184,12 @@ def test_interrupted_sharded_run_resumes_with_only_unfinished_shards(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "shard_00000.parquet"]  # no temporary leftovers
 
     rerun = Runner()
-    df = generate_sharded(IDS, TEXTS, tmp_path, 3, rerun, progress=False)
+    with caplog.at_level("INFO", logger="refusal_sae.generation"):
+        df = generate_sharded(IDS, TEXTS, tmp_path, 3, rerun, progress=False)
     assert rerun.calls == [IDS[3:6], IDS[6:]]
+    # The log names the reused shard (the end-to-end resume test in test_robustness.py reads it).
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'shard_00000.parquet'}: reusing the stored shard (3 prompts)"]
     pd.testing.assert_frame_equal(df, expected_frame())
 
     again = Runner()

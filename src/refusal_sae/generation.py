@@ -216,7 +216,10 @@ def generate_sharded(
         shard_ids = ids[start:start + shard_size]
         path = _shard_path(shard_dir, number)
         df = _usable_shard(path, shard_ids, metadata)
-        if df is None:
+        if df is not None:
+            # Said in the job's log so a resumed run shows (and tests check) which work it skipped.
+            log.info("%s: reusing the stored shard (%d prompts)", path, len(shard_ids))
+        else:
             df = run_shard(shard_ids, list(prompts[start:start + shard_size]))
             df = _check_and_order(df, shard_ids)
             stored = {"settings": _jsonable(metadata)} if metadata is not None else None
