@@ -309,7 +309,7 @@ def test_category_overlap_counts_r_and_h_per_category(tmp_path):
         for rank, feature in enumerate([1, 2] + harm):
             rows.append({"category": category, "layer": 2, "feature": feature, "rank": rank, "score": 1.0 / (rank + 1),
                          "role": "refusal" if feature < 10 else "harm", "n_categories": 2 if feature < 10 else 1,
-                         "n_prompts": 12, "cosine_to_direction": 0.5 if feature < 10 else 0.1})
+                         "n_prompts": 12, "cosine_to_direction": {"cyber": 0.9, "weapons": 0.8}[category]})
     sets = pd.DataFrame(rows)
     fig = report.category_overlap_figure(sets, tmp_path / "c.png")
     counts, membership, cosine = data_axes(fig)
@@ -318,7 +318,8 @@ def test_category_overlap_counts_r_and_h_per_category(tmp_path):
     assert matrix.shape == (2, 5)  # categories x (2 in R + 3 harm latents)
     assert (matrix[:, :2] == 1).all()  # R first, in every category
     assert matrix[0].tolist() == [1, 1, 2, 2, 0] and matrix[1].tolist() == [1, 1, 0, 0, 2]
-    assert sum(len(c.get_offsets()) for c in cosine.collections) == len(sets)
+    (points,) = cosine.collections  # one point per category: its direction's cosine, at the category's row
+    assert points.get_offsets().tolist() == [[0.9, 0.0], [0.8, 1.0]]
 
 
 def test_every_figure_is_registered():

@@ -633,7 +633,7 @@ def category_overlap_figure(category_sets: pd.DataFrame, path: str | os.PathLike
 
     Left: per category, the size of ``R`` and of ``H_c`` in its set ``F*_c`` (stacked bars). Middle: which
     latent is in which category's set (columns: ``R`` first, then each category's ``H_c``; colour: role).
-    Right: cosine of each member's decoder row to the model's refusal direction, by role.
+    Right: cosine of each category's refusal direction (fitted on its prompts) to the model's.
     """
     if category_sets.empty:
         return _placeholder(path, title, "no category with enough refused training prompts")
@@ -664,14 +664,13 @@ def category_overlap_figure(category_sets: pd.DataFrame, path: str | os.PathLike
     ax.set_xlabel(f"latent ({len(shared['name'].unique())} in R, then H_c by category)")
     ax.set_xticks([])
     ax = axes[0, 2]
-    for i, (role, label) in enumerate((("refusal", "R"), ("harm", "H_c"))):
-        values = frame.loc[frame["role"] == role, "cosine_to_direction"].to_numpy(dtype=float)
-        if values.size:
-            offsets = np.linspace(-0.15, 0.15, values.size) if values.size > 1 else np.zeros(1)
-            ax.scatter(i + offsets, values, s=12, color=ROLE_COLORS[role], alpha=0.7, label=label)
-    ax.set_xticks([0, 1], ["R", "H_c"])
-    ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_ylabel("cosine of decoder row to the refusal direction")
+    # cosine_to_direction is a property of the category (its direction vs the model's), repeated on its rows
+    cosines = frame.drop_duplicates("category").set_index("category")["cosine_to_direction"].reindex(categories)
+    ax.scatter(cosines.to_numpy(dtype=float), np.arange(len(categories)), s=24, color="tab:grey")
+    ax.set_yticks(np.arange(len(categories)), categories, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0.0, float(np.nanmin(cosines.to_numpy(dtype=float)))), 1.0)
+    ax.set_xlabel("cosine of the category's direction to the refusal direction")
     n_prompts = frame.drop_duplicates("category").set_index("category")["n_prompts"]
     fig.supxlabel("prompts per category: " + ", ".join(f"{c} {int(n)}" for c, n in n_prompts.items()), fontsize=6)
     return _save(fig, path)
