@@ -1,7 +1,8 @@
 # Study A analyses (METHOD.md sections 8-10): harm vs refusal features by category, adversarial pairs,
 # jailbreak suppression of the refusal features, and OOD probes. Paths: results/analysis
 # (model-independent pairs), results/{model}/analysis, results/{model}/probes.
-ANALYSIS_KEYS = ("analysis", "selection.k_star")
+ANALYSIS_KEYS = ("analysis.refusal_set", "analysis.batch_size", "analysis.n_bootstrap", "selection.k_star")
+"""What both suppression and probes read of the config (not the dataset lists: those are their inputs)."""
 
 
 def variant_files(_wildcards=None):
@@ -17,7 +18,7 @@ def variant_files(_wildcards=None):
 
 
 def adversarial_files(model):
-    return [f"results/{model}/analysis/adversarial/{d}.parquet" for d in CFG.evaluation.datasets]
+    return [f"results/{model}/analysis/adversarial/{d}.parquet" for d in CFG.stage_datasets("analysis")]
 
 
 rule adversarial_pairs:
@@ -83,7 +84,7 @@ rule suppression:
         metrics="results/{model}/metrics/suppression.parquet",
     params:
         code=code_version("adversarial", "metrics", "methods", "interventions", "pipeline", "saes"),
-        settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "seed"),
+        settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "analysis.last_tokens", "analysis.max_prompts", "seed"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -108,7 +109,7 @@ rule probes:
         layers="results/{model}/probes/layers.parquet",
     params:
         code=code_version("adversarial", "probes", "methods", "interventions", "pipeline", "saes"),
-        settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "seed"),
+        settings=settings(*LOAD_KEYS, *ANALYSIS_KEYS, "analysis.probe_max_per_class", "analysis.probe_C", "seed"),
     threads: JOB_THREADS
     conda:
         ENV

@@ -1,6 +1,8 @@
 # Interventions during generation and the evaluation tables (METHOD.md sections 6-7).
 GENERATION_KEYS = (*LOAD_KEYS, "evaluation.max_new_tokens", "evaluation.batch_size", "evaluation.judge_ignore_case",
                    *EVAL_ROWS_KEYS)
+# What a grid job reads of evaluation.grid (its method is the wildcard; its datasets are the jobs planned).
+GRID_KEYS = ("evaluation.grid.clamp_scales", "evaluation.grid.k_stars", "evaluation.grid.shape")
 
 
 def clamp_keys(w):
@@ -127,7 +129,7 @@ rule grid:
         method=_alternatives(CFG.evaluation.grid.methods),
     params:
         code=code_version("generation", "methods", "interventions", "selection", "judges", "pipeline", "config"),
-        settings=settings(*GENERATION_KEYS, "models.{model}.clamp_scale", "selection.k_star", "evaluation.grid"),
+        settings=settings(*GENERATION_KEYS, "models.{model}.clamp_scale", "selection.k_star", *GRID_KEYS),
     threads: JOB_THREADS
     conda:
         ENV
@@ -144,7 +146,7 @@ def evaluated(w, kind):
     paths = [f"results/{w.model}/{kind}/{d}/{m}.parquet" for d in CFG.evaluation.datasets for m in ALL_METHODS]
     if "in_sample" in CFG.evaluation.variants:
         paths += [f"results/{w.model}/in_sample/{d}/{kind}/{m}.parquet"
-                  for d in CFG.evaluation.datasets for m in IN_SAMPLE_METHODS]
+                  for d in CFG.stage_datasets("in_sample") for m in IN_SAMPLE_METHODS]
     return paths
 
 
@@ -153,7 +155,7 @@ def evaluated_sets(w):
     paths += [features_file(w.model, m, d) for m in PER_PROMPT_METHODS for d in CFG.evaluation.datasets]
     if "in_sample" in CFG.evaluation.variants:
         paths += [f"results/{w.model}/in_sample/{d}/features/{m}.parquet"
-                  for d in CFG.evaluation.datasets for m in FEATURE_SET_METHODS]
+                  for d in CFG.stage_datasets("in_sample") for m in FEATURE_SET_METHODS]
     return paths
 
 
@@ -166,7 +168,7 @@ rule evaluation_metrics:
         ],
         features=evaluated_sets,
         grid=lambda w: [f"results/{w.model}/grid/{d}/{m}.parquet"
-                        for d in CFG.evaluation.datasets for m in CFG.evaluation.grid.methods],
+                        for d in CFG.stage_datasets("grid") for m in CFG.evaluation.grid.methods],
     output:
         jailbreak="results/{model}/metrics/jailbreak.parquet",
         grid="results/{model}/metrics/grid.parquet",
@@ -174,7 +176,7 @@ rule evaluation_metrics:
         paired="results/{model}/metrics/paired.parquet",
     params:
         code=code_version("metrics", "methods"),
-        settings=settings("seed", "evaluation.variants", "selection.k_star"),
+        settings=settings("seed", "selection.k_star"),
     conda:
         ENV
     log:

@@ -37,7 +37,7 @@ def report_figures():
         if CFG.evaluation.induction_methods:
             names.append("induction")
         if CFG.studyb.enabled:
-            names += [f"{n}_{d}" for n in ("fm_interactions", "hydra") for d in CFG.evaluation.datasets]
+            names += [f"{n}_{d}" for n in ("fm_interactions", "hydra") for d in CFG.stage_datasets("studyb")]
         if CFG.analysis.enabled and CFG.analysis.sources:
             names.append("probes")
         if CFG.analysis.enabled and CFG.analysis.categories:

@@ -1,7 +1,8 @@
 # Study B (METHOD.md sections 11-12): minimal sets by greedy filtering, their extensions by the
 # interactions a factorization machine finds, and generation to verify both, on the refused held-out
 # evaluation prompts. Paths: results/{model}/greedy, results/{model}/interactions, results/{model}/studyb.
-STUDYB_KEYS = ("studyb", *EVAL_ROWS_KEYS)
+STUDYB_SETTINGS = block_keys("studyb", "datasets", "enabled")
+STUDYB_KEYS = (*STUDYB_SETTINGS, *EVAL_ROWS_KEYS)
 
 
 def studyb_inputs(w):
@@ -65,7 +66,7 @@ rule interactions_activations:
         weights="results/{model}/interactions/activations/weights.parquet",
     params:
         code=code_version("studyb", "interactions", "attribution", "pipeline", "saes"),
-        settings=settings("studyb", "attribution.aggregate_from", "seed"),
+        settings=settings(*STUDYB_SETTINGS, "attribution.aggregate_from", "seed"),
     threads: JOB_THREADS
     conda:
         ENV
@@ -132,7 +133,7 @@ def studyb_capability_inputs(w):
     inputs = {"model": manifest(w.model), "saes": f"resources/saes/{w.model}/saes.json",
               "dataset": f"resources/datasets/{HARMLESS}.parquet",
               "responses": f"results/{w.model}/generations/{HARMLESS}/base.parquet",
-              "selected": [f"results/{w.model}/interactions/{d}/selected.parquet" for d in CFG.evaluation.datasets]}
+              "selected": [f"results/{w.model}/interactions/{d}/selected.parquet" for d in CFG.stage_datasets("studyb")]}
     if CFG.evaluation.generic_text:
         inputs["generic"] = f"resources/datasets/{CFG.evaluation.generic_text}.parquet"
     return inputs
@@ -160,13 +161,14 @@ rule studyb_capability:
 
 rule studyb_metrics:
     input:
-        greedy=lambda w: [f"results/{w.model}/greedy/{d}.parquet" for d in CFG.evaluation.datasets],
+        greedy=lambda w: [f"results/{w.model}/greedy/{d}.parquet" for d in CFG.stage_datasets("studyb")],
         generations=lambda w: [f"results/{w.model}/studyb/{d}/generations/{m}.parquet"
-                               for d in CFG.evaluation.datasets for m in STUDYB_METHODS],
-        fits=lambda w: [f"results/{w.model}/interactions/{d}/fit.parquet" for d in CFG.evaluation.datasets],
+                               for d in CFG.stage_datasets("studyb") for m in STUDYB_METHODS],
+        fits=lambda w: [f"results/{w.model}/interactions/{d}/fit.parquet" for d in CFG.stage_datasets("studyb")],
         activations="results/{model}/interactions/activations/fit.parquet",
-        hydra=lambda w: [f"results/{w.model}/hydra/{d}.parquet" for d in CFG.evaluation.datasets],
-        experiments=lambda w: [f"results/{w.model}/hydra/{d}_experiments.parquet" for d in CFG.evaluation.datasets],
+        hydra=lambda w: [f"results/{w.model}/hydra/{d}.parquet" for d in CFG.stage_datasets("studyb")],
+        experiments=lambda w: [f"results/{w.model}/hydra/{d}_experiments.parquet"
+                               for d in CFG.stage_datasets("studyb")],
         set_capability="results/{model}/studyb/capability.parquet",
         capability="results/{model}/metrics/capability.parquet",
     output:

@@ -108,7 +108,22 @@ def _set(config: dict, path: str, value) -> dict:
     ("analysis.category_datasets", ["harmbench_test"], r"category_datasets: \['harmbench_test'\] must hold categorised"),
     ("analysis.category_datasets", ["nope"], r"category_datasets: 'nope' is not a configured dataset"),
     ("analysis.refusal_fraction", 0.0, r"config.analysis.refusal_fraction: 0.0 must be in \(0, 1\]"),
+    ("studyb.datasets", ["harmbench_val"], r"config.studyb.datasets: 'harmbench_val' is not one of evaluation.datasets"),
+    ("evaluation.grid.datasets", ["strongreject", "strongreject"], r"config.evaluation.grid.datasets: .* names a dataset twice"),
 ])
 def test_counts_names_and_labels_fail_before_any_job(path, value, message):
     with pytest.raises(ConfigError, match=message):
         load_pipeline_config(_set(default_config(), path, value))
+
+
+def test_stages_beyond_the_held_out_table_run_on_their_own_datasets():
+    cfg = load_pipeline_config(default_config())
+    evaluated = cfg.evaluation.datasets
+    assert all(cfg.stage_datasets(stage) == evaluated for stage in ("in_sample", "grid", "studyb", "analysis"))
+    config = _set(_set(default_config(), "evaluation.datasets", [*evaluated, "harmbench_val"]),
+                  "studyb.datasets", ["strongreject"])
+    cfg = load_pipeline_config(config)
+    assert cfg.stage_datasets("studyb") == ["strongreject"]
+    assert cfg.stage_datasets("grid") == evaluated  # listed explicitly in the default: the new set is not added
+    unset = load_pipeline_config(_set(copy.deepcopy(config), "evaluation.grid", {}))
+    assert unset.stage_datasets("grid") == [*evaluated, "harmbench_val"]  # unset: every evaluation dataset

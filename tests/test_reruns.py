@@ -82,6 +82,28 @@ def test_adding_a_test_only_dataset_plans_exactly_its_jobs(finished_run, config)
     assert all(w.get("dataset", w.get("attr_set")) == "extra" for rule, w in jobs if rule in per_dataset)
 
 
+def test_a_dataset_outside_the_stage_lists_plans_only_its_held_out_evaluation(finished_run, config):
+    # The embedded default lists the datasets of the stages beyond the held-out table; naming the finished
+    # run's own dataset there reruns nothing (those lists plan jobs, no job reads them) ...
+    config["evaluation"]["in_sample_datasets"] = ["harmful"]
+    config["evaluation"]["grid"]["datasets"] = ["harmful"]
+    config["studyb"]["datasets"] = ["harmful"]
+    config["analysis"]["datasets"] = ["harmful"]
+    assert planned_jobs(finished_run, config) == []
+    # ... and a dataset added to evaluation.datasets only gets its held-out table.
+    (finished_run / "extra.txt").write_text(_prompts(HARMFUL_WORDS, ROLE_VERBS["test"]))
+    config["datasets"]["extra"] = {"source": {"type": "local", "path": str(finished_run / "extra.txt")},
+                                   "format": "txt", "label": "harmful", "splits": {"test": 1.0}}
+    config["evaluation"]["datasets"].append("extra")
+    jobs = planned_jobs(finished_run, config)
+    n_methods = len(ALL_METHODS)
+    assert by_rule(jobs) == Counter({
+        "dataset": 1, "dataset_overlap": 1, "baseline": 2, "baseline_metrics": 2, "baseline_report": 1,
+        "attribution": 1, "ap_prompt_attribution": 1, "prompt_feature_set": len(PER_PROMPT_METHODS),
+        "generate": n_methods, "judge": n_methods, "evaluation_metrics": 1, "summary": 1, "all": 1,
+    })
+
+
 def test_generation_length_plans_only_generation_and_what_reads_it(finished_run, config):
     config["evaluation"]["max_new_tokens"] += 1
     rules = by_rule(planned_jobs(finished_run, config))

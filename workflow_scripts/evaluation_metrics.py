@@ -31,9 +31,11 @@ def set_size(variant: str, dataset: str, method: str) -> float:
 
 
 entries = [(*keys(g), g, j) for g, j in zip(smk.input.generations, smk.input.judgments, strict=True)]
-# The in-sample variant shares the unedited model's (base) generations with the held-out one.
+# The in-sample variant shares the unedited model's (base) generations with the held-out one, on the
+# datasets it runs on (evaluation.in_sample_datasets).
+in_sample_datasets = {d for v, d, *_ in entries if v == "in_sample"}
 entries += [("in_sample", d, m, g, j) for v, d, m, g, j in list(entries)
-            if v == "held_out" and m == BASE and "in_sample" in cfg.evaluation.variants]
+            if v == "held_out" and m == BASE and d in in_sample_datasets]
 rows, outcomes = [], {}
 for variant, dataset, method, generations_path, judgments_path in entries:
     generations = read_parquet(generations_path)

@@ -246,6 +246,8 @@ class GridConfig:
     k_stars: list[int] = field(default_factory=lambda: [10, 20, 30])
     shape: Literal["cross", "full"] = "cross"
     """``cross``: each clamp scale at the main K* and each K* at the main clamp scale; ``full``: every pair."""
+    datasets: list[str] | None = None
+    """Evaluation datasets the grid runs on (None: every one of ``evaluation.datasets``)."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,10 @@ class EvaluationConfig:
     prompts. ``in_sample`` (the studies' setting): per evaluation dataset, a direction fitted on its own
     refused test prompts at the held-out direction's layer and position, and every feature set fitted on
     those prompts too. Both are reported side by side."""
+    in_sample_datasets: list[str] | None = None
+    """Evaluation datasets of the in-sample variant (None: every one of ``datasets``). The stages beyond
+    the held-out table (this one, ``grid.datasets``, ``studyb.datasets``, ``analysis.datasets``) each
+    name their datasets, so a dataset added to ``datasets`` alone gets only its held-out evaluation."""
     model_judges: dict[str, str | None] = field(default_factory=lambda: {"harmbench_cls": None})
     """Model judges (``harmbench_cls``, ``llamaguard``) -> local directory or hub id (None: the judge's
     hub id). Weights are only read from disk or the local HF cache; a missing judge is reported as
@@ -297,6 +303,8 @@ class StudyBConfig:
     the study's sizes (all prompts, tau 0.1-0.8, 3 orders, thousands of masks) are settings."""
 
     enabled: bool = True
+    datasets: list[str] | None = None
+    """Evaluation datasets Study B runs on (None: every one of ``evaluation.datasets``)."""
     max_prompts: int = 8
     """Refused evaluation prompts per dataset (the first ones of the evaluation selection)."""
     taus: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
@@ -351,6 +359,9 @@ class AnalysisConfig:
     """
 
     enabled: bool = True
+    datasets: list[str] | None = None
+    """Evaluation datasets whose requests get adversarial pairs, the suppression table and the probes'
+    explicit side (None: every one of ``evaluation.datasets``)."""
     max_prompts: int = 16
     """Explicit requests per evaluation dataset (the first of its evaluation rows)."""
     sources: dict[str, VariantSourceConfig] = field(default_factory=dict)
@@ -418,6 +429,14 @@ class PipelineConfig:
             return [(c, k) for c in grid.clamp_scales for k in grid.k_stars]
         points = [(c, k_star) for c in grid.clamp_scales] + [(clamp_scale, k) for k in grid.k_stars]
         return list(dict.fromkeys(points))
+
+    def stage_datasets(self, stage: Literal["in_sample", "grid", "studyb", "analysis"]) -> list[str]:
+        """The evaluation datasets a stage beyond the held-out table runs on: its own list, else every
+        evaluation dataset (``evaluation.in_sample_datasets``, ``evaluation.grid.datasets``,
+        ``studyb.datasets``, ``analysis.datasets``)."""
+        chosen = {"in_sample": self.evaluation.in_sample_datasets, "grid": self.evaluation.grid.datasets,
+                  "studyb": self.studyb.datasets, "analysis": self.analysis.datasets}[stage]
+        return list(self.evaluation.datasets if chosen is None else chosen)
 
     def category_datasets(self) -> list[str]:
         """The datasets of METHOD.md section 8: their refused training prompts form the category pools and
@@ -566,6 +585,15 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
         if cfg.datasets[ds_name].label != "harmful":
             raise ConfigError(f"config.evaluation.datasets: {ds_name!r} is labelled {cfg.datasets[ds_name].label!r}, "
                               "not harmful")
+    for path, chosen in (("evaluation.in_sample_datasets", cfg.evaluation.in_sample_datasets),
+                         ("evaluation.grid.datasets", cfg.evaluation.grid.datasets),
+                         ("studyb.datasets", cfg.studyb.datasets), ("analysis.datasets", cfg.analysis.datasets)):
+        for ds_name in chosen or []:
+            if ds_name not in cfg.evaluation.datasets:
+                raise ConfigError(f"config.{path}: {ds_name!r} is not one of evaluation.datasets "
+                                  f"{cfg.evaluation.datasets}")
+        if chosen is not None and len(set(chosen)) != len(chosen):
+            raise ConfigError(f"config.{path}: {chosen} names a dataset twice")
     harmless = cfg.evaluation.harmless_dataset
     if harmless is not None and cfg.datasets[harmless].label != "harmless":
         raise ConfigError(f"config.evaluation.harmless_dataset: {harmless!r} is labelled "
