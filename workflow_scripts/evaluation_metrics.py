@@ -60,9 +60,11 @@ for path in smk.input.induction:
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)
 
 # Prompts of every dataset together (ids are unique across datasets): the comparison with the most power.
-for variant in {v for v, _ in list(outcomes)}:
+# In input order, not set order: a set of strings iterates in a per-process hash order, and the table's
+# rows (so its bytes) would differ between two runs of the same inputs.
+for variant in dict.fromkeys(v for v, _ in list(outcomes)):
     datasets = [d for v, d in list(outcomes) if v == variant]
-    methods = set.intersection(*(set(outcomes[(variant, d)]) for d in datasets))
+    methods = [m for m in outcomes[(variant, datasets[0])] if all(m in outcomes[(variant, d)] for d in datasets)]
     outcomes[(variant, "pooled")] = {m: pd.concat([outcomes[(variant, d)][m] for d in datasets], ignore_index=True)
                                      for m in methods}
 paired = []

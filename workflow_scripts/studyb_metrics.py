@@ -30,7 +30,7 @@ for path in smk.input.generations:
         rows.append(rate_row(method, dataset, "jailbreak_rate", (~group["refused"]).tolist(), setting=setting,
                              n_features=float(group["n_features"].mean())))
         generations[(dataset, method)] = group.set_index("prompt_id")
-for dataset in {d for d, _ in generations}:
+for dataset in dict.fromkeys(d for d, _ in generations):  # input order: a set's order differs per process
     if (dataset, "fm_added") in generations and (dataset, "linear_added") in generations:
         fm, linear = generations[(dataset, "fm_added")], generations[(dataset, "linear_added")]
         for row in paired_rows("fm_added", "linear_added", dataset, (~fm["refused"]).tolist(),
