@@ -52,15 +52,20 @@ def config(finished_run: Path) -> dict:
     return copy.deepcopy(yaml.safe_load((finished_run / "config.yaml").read_text()))
 
 
+def add_test_only_dataset(finished_run: Path, config: dict) -> None:
+    """A new harmful dataset ``extra`` (a local file, test split only) listed in ``evaluation.datasets``."""
+    (finished_run / "extra.txt").write_text(_prompts(HARMFUL_WORDS, ROLE_VERBS["test"]))
+    config["datasets"]["extra"] = {"source": {"type": "local", "path": str(finished_run / "extra.txt")},
+                                   "format": "txt", "label": "harmful", "splits": {"test": 1.0}}
+    config["evaluation"]["datasets"].append("extra")
+
+
 def test_unchanged_config_plans_nothing(finished_run, config):
     assert planned_jobs(finished_run, config) == []
 
 
 def test_adding_a_test_only_dataset_plans_exactly_its_jobs(finished_run, config):
-    (finished_run / "extra.txt").write_text(_prompts(HARMFUL_WORDS, ROLE_VERBS["test"]))
-    config["datasets"]["extra"] = {"source": {"type": "local", "path": str(finished_run / "extra.txt")},
-                                   "format": "txt", "label": "harmful", "splits": {"test": 1.0}}
-    config["evaluation"]["datasets"].append("extra")
+    add_test_only_dataset(finished_run, config)
     jobs = planned_jobs(finished_run, config)
     n_methods = len(ALL_METHODS)
     in_sample = {"in_sample_direction": 1, "in_sample_candidates": 1, "in_sample_attribution": 1, "in_sample_ap": 1,
@@ -91,10 +96,7 @@ def test_a_dataset_outside_the_stage_lists_plans_only_its_held_out_evaluation(fi
     config["analysis"]["datasets"] = ["harmful"]
     assert planned_jobs(finished_run, config) == []
     # ... and a dataset added to evaluation.datasets only gets its held-out table.
-    (finished_run / "extra.txt").write_text(_prompts(HARMFUL_WORDS, ROLE_VERBS["test"]))
-    config["datasets"]["extra"] = {"source": {"type": "local", "path": str(finished_run / "extra.txt")},
-                                   "format": "txt", "label": "harmful", "splits": {"test": 1.0}}
-    config["evaluation"]["datasets"].append("extra")
+    add_test_only_dataset(finished_run, config)
     jobs = planned_jobs(finished_run, config)
     n_methods = len(ALL_METHODS)
     assert by_rule(jobs) == Counter({
