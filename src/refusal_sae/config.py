@@ -430,12 +430,17 @@ class PipelineConfig:
         points = [(c, k_star) for c in grid.clamp_scales] + [(clamp_scale, k) for k in grid.k_stars]
         return list(dict.fromkeys(points))
 
+    def stage_lists(self) -> dict[str, tuple[str, list[str] | None]]:
+        """Per stage beyond the held-out table: the dotted path of its dataset list and the list as set."""
+        return {"in_sample": ("evaluation.in_sample_datasets", self.evaluation.in_sample_datasets),
+                "grid": ("evaluation.grid.datasets", self.evaluation.grid.datasets),
+                "studyb": ("studyb.datasets", self.studyb.datasets),
+                "analysis": ("analysis.datasets", self.analysis.datasets)}
+
     def stage_datasets(self, stage: Literal["in_sample", "grid", "studyb", "analysis"]) -> list[str]:
-        """The evaluation datasets a stage beyond the held-out table runs on: its own list, else every
-        evaluation dataset (``evaluation.in_sample_datasets``, ``evaluation.grid.datasets``,
-        ``studyb.datasets``, ``analysis.datasets``)."""
-        chosen = {"in_sample": self.evaluation.in_sample_datasets, "grid": self.evaluation.grid.datasets,
-                  "studyb": self.studyb.datasets, "analysis": self.analysis.datasets}[stage]
+        """The evaluation datasets a stage beyond the held-out table runs on: its own list
+        (:meth:`stage_lists`), else every evaluation dataset."""
+        chosen = self.stage_lists()[stage][1]
         return list(self.evaluation.datasets if chosen is None else chosen)
 
     def category_datasets(self) -> list[str]:
@@ -585,9 +590,7 @@ def load_pipeline_config(mapping: Mapping[str, Any]) -> PipelineConfig:
         if cfg.datasets[ds_name].label != "harmful":
             raise ConfigError(f"config.evaluation.datasets: {ds_name!r} is labelled {cfg.datasets[ds_name].label!r}, "
                               "not harmful")
-    for path, chosen in (("evaluation.in_sample_datasets", cfg.evaluation.in_sample_datasets),
-                         ("evaluation.grid.datasets", cfg.evaluation.grid.datasets),
-                         ("studyb.datasets", cfg.studyb.datasets), ("analysis.datasets", cfg.analysis.datasets)):
+    for path, chosen in cfg.stage_lists().values():
         for ds_name in chosen or []:
             if ds_name not in cfg.evaluation.datasets:
                 raise ConfigError(f"config.{path}: {ds_name!r} is not one of evaluation.datasets "

@@ -665,13 +665,14 @@ def category_overlap_figure(category_sets: pd.DataFrame, path: str | os.PathLike
     ax.set_xticks([])
     ax = axes[0, 2]
     # cosine_to_direction is a property of the category (its direction vs the model's), repeated on its rows
-    cosines = frame.drop_duplicates("category").set_index("category")["cosine_to_direction"].reindex(categories)
+    per_category = frame.drop_duplicates("category").set_index("category")
+    cosines = per_category["cosine_to_direction"].reindex(categories)
     ax.scatter(cosines.to_numpy(dtype=float), np.arange(len(categories)), s=24, color="tab:grey")
     ax.set_yticks(np.arange(len(categories)), [])  # the rows of the middle panel
     ax.set_ylim(len(categories) - 0.5, -0.5)
     ax.set_xlim(min(0.9, float(np.nanmin(cosines.to_numpy(dtype=float))) - 0.02), 1.0)
     ax.set_xlabel("category direction: cosine to the model's")
-    n_prompts = frame.drop_duplicates("category").set_index("category")["n_prompts"]
+    n_prompts = per_category["n_prompts"]
     fig.supxlabel("prompts per category: " + ", ".join(f"{c} {int(n)}" for c, n in n_prompts.items()), fontsize=6)
     return _save(fig, path)
 
