@@ -103,16 +103,6 @@ def settings(*keys):
     return params
 
 
-def block_keys(path, *excluded):
-    """Dotted paths of every field of the config block at ``path`` except ``excluded``: for jobs that read a
-    whole block but its planning keys (a stage's ``datasets`` and ``enabled`` choose which jobs exist, the
-    jobs themselves do not read them, so listing a dataset there reruns no job of another dataset)."""
-    node = CFG
-    for part in path.split("."):
-        node = getattr(node, part)
-    return [f"{path}.{f.name}" for f in dataclasses.fields(node) if f.name not in excluded]
-
-
 def datasets_with(*splits):
     """Configured datasets with a non-zero fraction in any of ``splits`` (what fitting stages read)."""
     return [name for name, d in CFG.datasets.items() if any(d.splits.get(s, 0) > 0 for s in splits)]

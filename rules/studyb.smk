@@ -1,8 +1,20 @@
 # Study B (METHOD.md sections 11-12): minimal sets by greedy filtering, their extensions by the
 # interactions a factorization machine finds, and generation to verify both, on the refused held-out
 # evaluation prompts. Paths: results/{model}/greedy, results/{model}/interactions, results/{model}/studyb.
-STUDYB_SETTINGS = block_keys("studyb", "datasets", "enabled")
-STUDYB_KEYS = (*STUDYB_SETTINGS, *EVAL_ROWS_KEYS)
+# Each rule's params hold the Study B settings its script reads, no more: a larger `n_added` reruns the
+# extensions, not the greedy filter; an FM setting of the masks design leaves the activations design alone.
+STUDYB_ROWS_KEYS = ("studyb.max_prompts", *EVAL_ROWS_KEYS)  # pipeline.studyb_prompts
+GREEDY_KEYS = (*STUDYB_ROWS_KEYS, "studyb.taus", "studyb.orders", "studyb.block_size")
+INTERACTIONS_KEYS = (*STUDYB_ROWS_KEYS, "studyb.stage3_tau", "studyb.n_masks", "studyb.mask_density",
+                     "studyb.test_fraction", "studyb.fm_rank", "studyb.fm_lr", "studyb.fm_epochs",
+                     "studyb.fm_batch_size", "studyb.n_added")
+ACTIVATIONS_KEYS = ("studyb.activations_rank", "studyb.activations_lr", "studyb.activations_epochs",
+                    "attribution.aggregate_from", "seed")
+
+
+def studyb_set_keys(w):
+    """What labels a verified set: its tau for the minimal sets, the number added for the extensions."""
+    return ["studyb.taus"] if w.method == "greedy_minimal" else ["studyb.n_added"]
 
 
 def studyb_inputs(w):
@@ -20,7 +32,7 @@ rule greedy:
         "results/{model}/greedy/{dataset}.parquet",
     params:
         code=code_version("greedy", "interventions", "pipeline", "saes"),
-        settings=settings(*STUDYB_KEYS),
+        settings=settings(*GREEDY_KEYS),
     threads: JOB_THREADS
     conda:
         ENV
@@ -43,7 +55,7 @@ rule interactions:
         fit="results/{model}/interactions/{dataset}/fit.parquet",
     params:
         code=code_version("studyb", "greedy", "interactions", "interventions", "pipeline", "saes"),
-        settings=settings(*STUDYB_KEYS),
+        settings=settings(*INTERACTIONS_KEYS),
     threads: JOB_THREADS
     conda:
         ENV
@@ -66,7 +78,7 @@ rule interactions_activations:
         weights="results/{model}/interactions/activations/weights.parquet",
     params:
         code=code_version("studyb", "interactions", "attribution", "pipeline", "saes"),
-        settings=settings(*STUDYB_SETTINGS, "attribution.aggregate_from", "seed"),
+        settings=settings(*ACTIVATIONS_KEYS),
     threads: JOB_THREADS
     conda:
         ENV
@@ -93,7 +105,7 @@ rule studyb_generate:
         method=_alternatives(STUDYB_METHODS),
     params:
         code=code_version("generation", "greedy", "methods", "interventions", "judges", "pipeline"),
-        settings=settings(*STUDYB_KEYS, *GENERATION_KEYS),
+        settings=settings(*STUDYB_ROWS_KEYS, studyb_set_keys, *GENERATION_KEYS),
     threads: JOB_THREADS
     conda:
         ENV
@@ -117,7 +129,7 @@ rule hydra:
     params:
         code=code_version("hydra", "greedy", "selection", "generation", "methods", "interventions", "judges",
                           "pipeline"),
-        settings=settings(*STUDYB_KEYS, *GENERATION_KEYS),
+        settings=settings(*STUDYB_ROWS_KEYS, "studyb.stage3_tau", *GENERATION_KEYS),
     threads: JOB_THREADS
     conda:
         ENV

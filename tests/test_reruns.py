@@ -141,3 +141,11 @@ def test_an_attribution_setting_plans_no_upstream_job(finished_run, config):
     # Study B starts from the per-prompt LA-IG candidates; its activations-design fit does not read them.
     assert rules["greedy"] == 1 and "interactions_activations" not in rules
     assert rules["categories"] == 1  # it runs LA-IG per harm category
+
+
+def test_a_stage3_setting_plans_the_extensions_not_the_greedy_filter(finished_run, config):
+    config["studyb"]["n_added"] += 1
+    jobs = planned_jobs(finished_run, config)
+    assert by_rule(jobs) == Counter({"interactions": 1, "studyb_generate": len(STUDYB_METHODS) - 1, "hydra": 1,
+                                     "studyb_capability": 1, "studyb_metrics": 1, "all": 1})
+    assert "greedy_minimal" not in {w["method"] for rule, w in jobs if rule == "studyb_generate"}

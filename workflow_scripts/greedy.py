@@ -1,5 +1,7 @@
 """Entry script: Study B stage 2 on one dataset: greedy minimal sets of the refused evaluation prompts at
 every tau and restore order (METHOD.md §11)."""
+import json
+
 import pandas as pd
 
 from refusal_sae.greedy import minimal_sets
@@ -20,4 +22,4 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
     scores = attribution.loc[attribution["prompt_id"] == pid, ["layer", "feature", "score"]]
     pool = candidates.merge(scores, on=["layer", "feature"], how="left").fillna({"score": 0.0})
     frames.append(minimal_sets(stage.chat, stage.saes, [prompt], [pid], pool, b.taus, b.orders, b.block_size, cfg.seed))
-write_parquet(pd.concat(frames, ignore_index=True), smk.output[0], {"studyb": smk.config.get("studyb", {})})
+write_parquet(pd.concat(frames, ignore_index=True), smk.output[0], {"settings": json.loads(smk.params.settings)})

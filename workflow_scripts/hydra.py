@@ -2,6 +2,8 @@
 FM-extended set jailbreaks the model, which of the set's latents are silent but critical (first-token flip,
 re-checked by generation), where they wake, the BOS experiment on the verified ones (with the jailbreak
 ablation alone generated the same way as its matched baseline) and the stage-3-only ablation."""
+import json
+
 import pandas as pd
 
 from refusal_sae.generation import generate_scored
@@ -66,5 +68,5 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
 hydra = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=[*HYDRA_COLUMNS, "critical_verified"])
 columns = ["prompt_id", "experiment", "refusal_score", "refused", "n_hydras", "value"]
 exp = pd.DataFrame(experiments, columns=columns).astype({"refused": "boolean", "n_hydras": "int64"})
-write_parquet(hydra, smk.output.hydra, {"studyb": smk.config.get("studyb", {})})
-write_parquet(exp, smk.output.experiments, {"studyb": smk.config.get("studyb", {})})
+write_parquet(hydra, smk.output.hydra, {"settings": json.loads(smk.params.settings)})
+write_parquet(exp, smk.output.experiments, {"settings": json.loads(smk.params.settings)})

@@ -1,6 +1,8 @@
 """Entry script: Study B stage 3 on one dataset (METHOD.md §12): per refused prompt, the masks design over
 its minimal set and the latents that wake up without it; FM vs linear fits, and the sets each extends
 the minimal set to."""
+import json
+
 import pandas as pd
 
 from refusal_sae.greedy import intersect_orders
@@ -27,7 +29,7 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
                                 b.n_masks, b.mask_density, b.test_fraction, fm, b.n_added, cfg.seed)
     for name in parts:
         parts[name].append(getattr(result, name))
-meta = {"studyb": smk.config.get("studyb", {})}
+meta = {"settings": json.loads(smk.params.settings)}
 for name, frames in parts.items():
     frames = [f for f in frames if len(f)]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STAGE3_COLUMNS[name])

@@ -1,6 +1,8 @@
 """Entry script: Study B's activations design (METHOD.md §12, the study's FM): the candidate latents' peak
 activations on harmful vs harmless prompts, an FM and a linear classifier fitted on the training prompts
 and scored on the validation prompts."""
+import json
+
 import pandas as pd
 import torch
 
@@ -30,5 +32,5 @@ for name, pairwise in (("fm", True), ("linear", False)):
         rows += [{"model": name, "split": split, "metric": m, "value": float(v)}
                  for m, v in evaluate(model, x, y, "classification").items()]
     weights.append(weights_frame(model, feature_names(pool), name))
-write_parquet(pd.DataFrame(rows), smk.output.fit, {"studyb": smk.config.get("studyb", {})})
+write_parquet(pd.DataFrame(rows), smk.output.fit, {"settings": json.loads(smk.params.settings)})
 write_parquet(pd.concat(weights, ignore_index=True), smk.output.weights)

@@ -1,5 +1,7 @@
 """Entry script: Study B verification by generation on one dataset: greedy completions with each prompt's
 own set zeroed at every position (minimal sets at every tau, or the stage-3 extensions), judged."""
+import json
+
 import pandas as pd
 
 from refusal_sae.generation import generate_scored
@@ -39,4 +41,4 @@ for setting, members in settings.items():
             "completion": completions, "refusal_score": scores.numpy(),
             "refused": substring_judge(completions, cfg.evaluation.judge_ignore_case)}))
 frame = pd.concat(parts, ignore_index=True)
-write_parquet(frame, smk.output[0], {"method": method, "studyb": smk.config.get("studyb", {})})
+write_parquet(frame, smk.output[0], {"method": method, "settings": json.loads(smk.params.settings)})
