@@ -184,9 +184,10 @@ rule studyb_metrics:
         set_capability="results/{model}/studyb/capability.parquet",
         capability="results/{model}/metrics/capability.parquet",
     output:
-        "results/{model}/metrics/studyb.parquet",
+        table="results/{model}/metrics/studyb.parquet",
+        markdown="results/{model}/report/studyb.md",
     params:
-        code=code_version("metrics", "greedy", "selection"),
+        code=code_version("metrics", "greedy", "selection", "report"),
         settings=settings("seed"),
     conda:
         ENV

@@ -459,3 +459,51 @@ def test_tiny_report_shows_every_figure_in_its_category(finished_run, tmp_path):
                                    f"results/{TINY_MODEL}/report/figures/direction_candidates.png",
                                    "3. Refusal direction")
     assert png_size(screenshot) == (1600, 1000)
+
+
+def _studyb_row(method, dataset, metric, value, n, setting, **extra):
+    return {"method": method, "dataset": dataset, "metric": metric, "value": value, "n": n, "setting": setting,
+            "ci_low": extra.get("ci_low", np.nan), "ci_high": extra.get("ci_high", np.nan),
+            "p_value": extra.get("p_value", np.nan), "baseline": extra.get("baseline")}
+
+
+def test_studyb_markdown_puts_each_finding_beside_the_study():
+    rows = [
+        _studyb_row("greedy_minimal", "harmful", "unique_features", 3, 2, "tau=0.1"),
+        _studyb_row("greedy_minimal", "harmful", "mean_set_size", 1.5, 2, "tau=0.1", ci_low=0.5, ci_high=2.5),
+        _studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.25, 4, "tau=0.1", ci_low=0.05, ci_high=0.7),
+        _studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.5", ci_low=0.0, ci_high=0.5),
+        *[_studyb_row(m, "harmful", "jailbreak_rate", v, 4, "n_added=40", ci_low=0.0, ci_high=1.0)
+          for m, v in (("fm_added", 0.75), ("linear_added", 0.5), ("random_added", 0.0))],
+        _studyb_row("fm_added", "harmful", "jailbreak_rate_diff", 0.25, 4, "paired", p_value=0.5, baseline="linear_added"),
+        _studyb_row("hydra", "harmful", "silent", 5, 3, "count"),
+        _studyb_row("hydra", "harmful", "silent_but_critical_verified", 2, 3, "count"),
+        _studyb_row("hydra", "harmful", "peak_sink", 2, 2, "position"),
+        _studyb_row("hydra", "harmful", "jailbreak_rate", 1.0, 2, "bos_none", ci_low=0.3, ci_high=1.0),
+        _studyb_row("hydra", "harmful", "jailbreak_rate", 0.5, 2, "bos_clean", ci_low=0.1, ci_high=0.9),
+        _studyb_row("hydra", "harmful", "jailbreak_relative_drop", 0.5, 2, "bos_clean", baseline="bos_none"),
+        _studyb_row("hydra", "harmful", "switched_off", 0.2, 3, "stage3_only", ci_low=0.1, ci_high=0.3),
+        _studyb_row("base", "harmless", "ce_on_policy_response", 2.0, 8, "ce_table", ci_low=1.8, ci_high=2.2),
+        _studyb_row("direction_ablation", "harmless", "ce_on_policy_response", 2.2, 8, "ce_table", ci_low=2.0, ci_high=2.4),
+        _studyb_row("fm_added_sets", "all", "ce_on_policy_response", 2.1, 3, "ce_table", ci_low=2.0, ci_high=2.2),
+        _studyb_row("fm_added_sets", "all", "ce_on_policy_response_sd", 0.05, 3, "ce_table"),
+    ]
+    text = report.studyb_markdown("m", pd.DataFrame(rows))
+    assert "| harmful | 0.1 | 3 | 1.50 [0.50, 2.50] (n=2) | 0.25 [0.05, 0.70] (n=4) |" in text
+    assert "| harmful | 0.5 | 0 | - |" in text  # no non-empty set at that tau
+    assert "| harmful | 40 | 0.75 [0.00, 1.00] (n=4) | 0.50 [0.00, 1.00] (n=4) | 0.00 [0.00, 1.00] (n=4) | +0.25, p = 0.5 |" in text
+    assert "| harmful | 3 | 5 | 2 | sink 2 |" in text
+    assert "relative drop 0.50. The study: holding them at BOS cuts jailbreak success by about 80%" in text
+    assert "| on-policy harmless answers | 2.000 [1.800, 2.200] (n=8) | 2.200 [2.000, 2.400] (n=8) | 2.100 +- 0.050 (n=3) | +10.0% / +5.0% |" in text
+    assert "largest mean minimal set holds 1.50 latents" in text and "at most 0.75 of the prompts" in text
+    assert "so 3 prompts had a jailbreaking set" in text
+    for reference in report.STUDY_B_REFERENCE.values():
+        assert reference in text
+
+
+def test_studyb_markdown_says_when_there_is_no_hydra_to_examine():
+    rows = [_studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.1", ci_low=0.0, ci_high=0.5),
+            _studyb_row("hydra", "harmful", "silent", 0, 0, "count")]
+    text = report.studyb_markdown("m", pd.DataFrame(rows))
+    assert "BOS experiment: not run (no verified hydra latent)" in text
+    assert "| harmful | 0 | 0 | 0 | none |" in text

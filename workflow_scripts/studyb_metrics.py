@@ -1,5 +1,6 @@
 """Entry script: Study B's tables: minimal sets per tau (unique latents, mean size, jailbreak rate), the
-stage-3 jailbreak rates at equal N with FM vs linear paired, and both designs' held-out fits."""
+stage-3 jailbreak rates at equal N with FM vs linear paired, both designs' held-out fits, the hydra
+experiments and the CE table; and the Markdown report of them beside the study's numbers."""
 from pathlib import Path
 
 import pandas as pd
@@ -7,6 +8,7 @@ import pandas as pd
 from refusal_sae.greedy import intersect_orders
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.metrics import mean_row, paired_rows, rate_row
+from refusal_sae.report import studyb_markdown
 from refusal_sae.runtime import start
 from refusal_sae.selection import PEAK_REGIONS
 
@@ -106,4 +108,6 @@ for metric, group in set_capability.groupby("metric"):
                  "n": len(group), "setting": "ce_table"})
 columns = ["method", "dataset", "metric", "value", "ci_low", "ci_high", "n", "setting", "n_features", "baseline",
            "p_value", "first_only", "second_only"]
-write_parquet(pd.DataFrame(rows).reindex(columns=columns), smk.output[0])
+table = pd.DataFrame(rows).reindex(columns=columns)
+write_parquet(table, smk.output.table)
+Path(smk.output.markdown).write_text(studyb_markdown(smk.wildcards.model, table))

@@ -109,6 +109,137 @@ def paired_markdown(paired: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What the study reports (issues 15 and 16, from a summary of its body: a secondary source), per finding.
+STUDY_B_REFERENCE: dict[str, str] = {
+    "stage3": "Llama: FM set 330/372 jailbroken (0.89), linear 101/372 (0.27), random 0-5/372",
+    "activations_fit": "FM test accuracy 0.98",
+    "hydra_count": "77 (Llama) / 1,656 (Gemma)",
+    "hydra_where": "Llama: 74% on system-template tokens, 97% fire on <|begin_of_text|>; Gemma: BOS the most "
+                   "common position (16%)",
+    "bos_drop": "holding them at BOS cuts jailbreak success by about 80%",
+    "stage3_only": "3% (Gemma) / 12% (Llama) of stage-2 features switch off; Llama's drop 81%",
+    "ce_on_policy": "Alpaca on-policy: Gemma 1.88 base / 1.83 feature ablation; Llama 1.79 / 2.17 +- 0.27",
+    "ce_generic": "Pile: Gemma 3.40 -> 3.55; Llama 2.46 -> 3.35 +- 0.39",
+}
+
+
+def _cell(row: pd.Series | None, digits: int = 2) -> str:
+    if row is None:
+        return "not measured"
+    if pd.notna(row.get("ci_low")) and pd.notna(row.get("ci_high")):
+        return format_rate(row["value"], row["ci_low"], row["ci_high"], int(row["n"]), digits)
+    return f"{row['value']:.{digits}f} (n={int(row['n'])})"
+
+
+def studyb_markdown(model: str, studyb: pd.DataFrame) -> str:
+    """Study B's results (``metrics/studyb.parquet``) beside what the study reports, finding by finding,
+    with what differs on this model said where the numbers show it."""
+
+    def rows(**where: object) -> pd.DataFrame:
+        mask = np.ones(len(studyb), dtype=bool)
+        for key, value in where.items():
+            mask &= (studyb[key] == value).to_numpy()
+        return studyb.loc[mask]
+
+    def first(**where: object) -> pd.Series | None:
+        found = rows(**where)
+        return None if found.empty else found.iloc[0]
+
+    datasets = list(dict.fromkeys(rows(method="greedy_minimal", metric="jailbreak_rate")["dataset"]))
+    ref = STUDY_B_REFERENCE
+    out = [f"# {model}: Study B next to the study\n",
+           "Rates with 95% Wilson intervals, means with normal intervals; n = prompts (sets for the CE table). "
+           "The study's numbers are for Gemma-2-2B-it / Llama-3.1-8B-Instruct with 16k-65k-latent SAEs on 26-32 "
+           "layers and hundreds of prompts.\n",
+           "## Minimal sets (greedy filtering)\n",
+           "| dataset | tau | unique latents | mean size of the non-empty sets | jailbreak rate |", "|---|---|---|---|---|"]
+    for dataset in datasets:
+        for r in rows(method="greedy_minimal", dataset=dataset, metric="jailbreak_rate").itertuples():
+            unique = first(method="greedy_minimal", dataset=dataset, metric="unique_features", setting=r.setting)
+            size = first(method="greedy_minimal", dataset=dataset, metric="mean_set_size", setting=r.setting)
+            out.append(f"| {dataset} | {r.setting.removeprefix('tau=')} | "
+                       f"{'0' if unique is None else f'{unique.value:g}'} | {'-' if size is None else _cell(size)} | "
+                       f"{_cell(pd.Series(r._asdict()))} |")
+    out += ["", "## Extensions at equal N (stage 3)\n", f"The study: {ref['stage3']}.\n",
+            "| dataset | N added | fm_added | linear_added | random_added | FM - linear, McNemar p |",
+            "|---|---|---|---|---|---|"]
+    for dataset in datasets:
+        cells = {m: first(method=m, dataset=dataset, metric="jailbreak_rate") for m in
+                 ("fm_added", "linear_added", "random_added")}
+        setting = next((c["setting"] for c in cells.values() if c is not None), "")
+        paired = first(method="fm_added", dataset=dataset, metric="jailbreak_rate_diff", setting="paired")
+        test = "not measured" if paired is None else f"{paired['value']:+.2f}, p = {paired['p_value']:.3g}"
+        out.append(f"| {dataset} | {setting.removeprefix('n_added=')} | "
+                   + " | ".join(_cell(c) for c in cells.values()) + f" | {test} |")
+    fm_acc = first(method="activations_fm", dataset="val", metric="accuracy")
+    linear_acc = first(method="activations_linear", dataset="val", metric="accuracy")
+    out += ["", "## Interaction fits\n",
+            f"Activations design (harmful vs harmless, validation prompts): FM accuracy {_cell(fm_acc, 3)}, "
+            f"linear {_cell(linear_acc, 3)}; the study: {ref['activations_fit']}.\n"]
+    for dataset in datasets:
+        fm_r2 = first(method="masks_fm", dataset=dataset, metric="heldout_r2")
+        lin_r2 = first(method="masks_linear", dataset=dataset, metric="heldout_r2")
+        if fm_r2 is not None:
+            out.append(f"Masks design, {dataset} (held-out masks, R^2): FM {_cell(fm_r2)}, linear {_cell(lin_r2)}.\n")
+    out += ["## Hydra latents\n",
+            "| dataset | prompts whose set jailbreaks | silent | silent and critical (verified) | where they peak |",
+            "|---|---|---|---|---|"]
+    for dataset in datasets:
+        counts = {m: first(method="hydra", dataset=dataset, metric=m, setting="count")
+                  for m in ("silent", "silent_but_critical_verified")}
+        peaks = rows(method="hydra", dataset=dataset, setting="position")
+        peaks = peaks.loc[peaks["metric"].str.startswith("peak_")]
+        where = ", ".join(f"{r.metric.removeprefix('peak_')} {r.value:g}" for r in peaks.itertuples()) or "none"
+        n = 0 if counts["silent"] is None else int(counts["silent"]["n"])
+        out.append(f"| {dataset} | {n} | " + " | ".join("0" if c is None else f"{c['value']:g}" for c in counts.values())
+                   + f" | {where} |")
+    out.append(f"\nThe study: {ref['hydra_count']} silent-but-critical latents; {ref['hydra_where']}.\n")
+    drops = rows(method="hydra", metric="jailbreak_relative_drop")
+    if drops.empty:
+        out.append(f"BOS experiment: not run (no verified hydra latent). The study: {ref['bos_drop']}.\n")
+    for r in drops.itertuples():
+        held = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate", setting=r.setting)
+        none = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate", setting="bos_none")
+        out.append(f"BOS experiment, {r.dataset}, {r.setting}: jailbreak rate {_cell(none)} without, {_cell(held)} "
+                   f"with the hydras held at BOS; relative drop {r.value:.2f}. The study: {ref['bos_drop']}.\n")
+    for dataset in datasets:
+        off = first(method="hydra", dataset=dataset, metric="switched_off", setting="stage3_only")
+        drop = first(method="hydra", dataset=dataset, metric="mean_relative_drop", setting="stage3_only")
+        if off is not None:
+            out.append(f"Stage-3 additions ablated alone, {dataset}: share of active minimal-set latents switched off "
+                       f"{_cell(off)}, mean relative activation drop {_cell(drop)}.\n")
+    out.append(f"The study, stage-3-only ablation: {ref['stage3_only']}.\n")
+    out += ["## Cross-entropy (the study's CE table)\n",
+            "| text | base | direction ablation | feature ablation (mean +- sd over per-prompt sets) | change vs base "
+            "(direction / features) | the study |",
+            "|---|---|---|---|---|---|"]
+    for metric, label, study in (("ce_on_policy_response", "on-policy harmless answers", ref["ce_on_policy"]),
+                                 ("ce_generic_text", "generic text", ref["ce_generic"])):
+        base = first(method="base", metric=metric, setting="ce_table")
+        ablation = first(method="direction_ablation", metric=metric, setting="ce_table")
+        sets = first(method="fm_added_sets", metric=metric, setting="ce_table")
+        sd = first(method="fm_added_sets", metric=f"{metric}_sd", setting="ce_table")
+        feature = ("not measured" if sets is None else
+                   f"{sets['value']:.3f} +- {sd['value']:.3f} (n={int(sets['n'])})" if sd is not None
+                   else f"{sets['value']:.3f} (n={int(sets['n'])})")
+        change = " / ".join("-" if base is None or x is None else f"{x['value'] / base['value'] - 1:+.1%}"
+                            for x in (ablation, sets))
+        out.append(f"| {label} | {_cell(base, 3)} | {_cell(ablation, 3)} | {feature} | {change} | {study} |")
+    jailbreaks = rows(metric="jailbreak_rate").loc[lambda f: f["method"].isin(["fm_added", "linear_added",
+                                                                               "random_added"])]
+    examined = rows(method="hydra", metric="silent", setting="count")["n"].sum()
+    sizes = rows(method="greedy_minimal", metric="mean_set_size")
+    out += ["", "## What differs\n",
+            "The study's models are 2-8B chat models with SAEs of 16k-65k latents on every layer. Here the "
+            f"largest mean minimal set holds {sizes['value'].max() if len(sizes) else 0:.2f} latents and the "
+            f"extended sets jailbreak at most {jailbreaks['value'].max() if len(jailbreaks) else float('nan'):.2f} "
+            f"of the prompts (the study: 0.89 for the FM set), so {int(examined)} prompts had a jailbreaking set to "
+            "look for hydra latents "
+            "in. Absolute cross-entropies are not comparable across models and texts; the change against the "
+            "same model's base is.\n"]
+    return "\n".join(out) + "\n"
+
+
 def jailbreak_figure(summary: pd.DataFrame, path: str, title: str) -> None:
     """Grouped bar chart of jailbreak rates (methods x datasets) with Wilson intervals."""
     import matplotlib
