@@ -5,9 +5,9 @@
 # extensions, not the greedy filter; an FM setting of the masks design leaves the activations design alone.
 STUDYB_ROWS_KEYS = ("studyb.max_prompts", *EVAL_ROWS_KEYS)  # pipeline.studyb_prompts
 GREEDY_KEYS = (*STUDYB_ROWS_KEYS, "studyb.taus", "studyb.orders", "studyb.block_size")
-INTERACTIONS_KEYS = (*STUDYB_ROWS_KEYS, "studyb.stage3_tau", "studyb.n_masks", "studyb.mask_density",
-                     "studyb.test_fraction", "studyb.fm_rank", "studyb.fm_lr", "studyb.fm_epochs",
-                     "studyb.fm_batch_size", "studyb.n_added")
+INTERACTIONS_KEYS = (*STUDYB_ROWS_KEYS, "studyb.stage3_tau", "studyb.wake_pool", "studyb.n_masks",
+                     "studyb.mask_density", "studyb.test_fraction", "studyb.fm_rank", "studyb.fm_lr",
+                     "studyb.fm_epochs", "studyb.fm_batch_size", "studyb.n_added")
 ACTIVATIONS_KEYS = ("studyb.activations_rank", "studyb.activations_lr", "studyb.activations_epochs",
                     "attribution.aggregate_from", "seed")
 

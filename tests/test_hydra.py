@@ -11,6 +11,7 @@ import torch
 from tiny import make_tiny_chat_model, make_tiny_sae
 from torch import nn
 
+from refusal_sae.greedy import woken_latents
 from refusal_sae.hydra import activations_under, bos_hold_edits, hydra_table, stage3_only_deactivation
 from refusal_sae.interventions import PositionMask, Recorder, run_until
 from refusal_sae.scoring import refusal_scores
@@ -140,3 +141,11 @@ def test_bos_hold_and_stage3_only_ablation(planted):
     assert numbers == {"switched_off": 1.0, "mean_relative_drop": pytest.approx(1.0), "n_active": 1.0}
     numbers = stage3_only_deactivation(chat, saes, PROMPT, reader, MEMBERS.iloc[[2]])
     assert numbers == {"switched_off": 0.0, "mean_relative_drop": pytest.approx(0.0, abs=1e-6), "n_active": 1.0}
+
+
+def test_woken_latents_are_the_silent_ones_that_fire_once_the_set_is_ablated(planted):
+    chat, saes = planted
+    woken = woken_latents(chat, saes, PROMPT, MEMBERS.iloc[[0]])
+    # The backup wakes; the idle latent stays silent; the clean reader fires on the clean prompt already.
+    assert woken.to_dict("list") == {"layer": [2], "feature": [0]}
+    assert woken_latents(chat, saes, PROMPT, MEMBERS.iloc[0:0]).empty  # nothing ablated, nothing wakes

@@ -1,11 +1,12 @@
 """Entry script: Study B stage 3 on one dataset (METHOD.md §12): per refused prompt, the masks design over
-its minimal set and the latents that wake up without it; FM vs linear fits, and the sets each extends
-the minimal set to."""
+its minimal set and the latents that wake up without it (stage-1 candidates, and with ``studyb.wake_pool``
+any latent of the SAEs silent on the clean prompt); FM vs linear fits, and the sets each extends the
+minimal set to."""
 import json
 
 import pandas as pd
 
-from refusal_sae.greedy import intersect_orders
+from refusal_sae.greedy import intersect_orders, woken_latents
 from refusal_sae.interactions import FMConfig
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.pipeline import open_stage, studyb_prompts
@@ -24,9 +25,14 @@ fm = FMConfig(rank=b.fm_rank, lr=b.fm_lr, epochs=b.fm_epochs, batch_size=b.fm_ba
 parts: dict[str, list[pd.DataFrame]] = {"selected": [], "weights": [], "samples": [], "fit": []}
 for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
     mine = minimal.loc[minimal["prompt_id"] == pid]
-    members = pool.merge(mine[["layer", "feature"]].assign(member=True), on=["layer", "feature"], how="left")
-    result = extend_minimal_set(stage.chat, stage.saes, prompt, pid, pool, members["member"].fillna(False).to_numpy(),
-                                b.n_masks, b.mask_density, b.test_fraction, fm, b.n_added, cfg.seed)
+    design_pool = pool
+    if b.wake_pool and len(mine):
+        woken = woken_latents(stage.chat, stage.saes, prompt, mine)
+        design_pool = pd.concat([pool, woken], ignore_index=True).drop_duplicates(ignore_index=True)
+    members = design_pool.merge(mine[["layer", "feature"]].assign(member=True), on=["layer", "feature"], how="left")
+    result = extend_minimal_set(stage.chat, stage.saes, prompt, pid, design_pool,
+                                members["member"].fillna(False).to_numpy(), b.n_masks, b.mask_density,
+                                b.test_fraction, fm, b.n_added, cfg.seed)
     for name in parts:
         parts[name].append(getattr(result, name))
 meta = {"settings": json.loads(smk.params.settings)}

@@ -317,6 +317,11 @@ class StudyBConfig:
     block_size: int = 5
     stage3_tau: float = 0.1
     """The tau whose minimal sets stage 3 (and hydra) extends: one of ``taus``."""
+    wake_pool: bool = True
+    """Stage 3's design pool also holds the latents of the whole SAEs that are silent on the clean prompt and
+    fire once the minimal set is ablated (2-17 per prompt on the organism), so the extensions can pick hydra
+    latents; false: the stage-1 candidates only (on the organism every one of them that enters the design is
+    active on the clean prompt, docs/results.md)."""
     n_masks: int = 96
     """Random ablation masks per prompt in the masks design (each one forward)."""
     mask_density: float = 0.5

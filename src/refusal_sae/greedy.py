@@ -178,6 +178,21 @@ def active_on_prompt(
     return active
 
 
+def woken_latents(
+    chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, members: pd.DataFrame,
+) -> pd.DataFrame:
+    """Latents of the whole SAEs (every latent of every layer in ``saes``) that are zero at every position of
+    the clean prompt and fire once ``members`` (``layer, feature``) are zeroed: the hydra candidates, which a
+    stage-1 pool of decoder-cosine candidates need not hold. Returns their ``layer, feature``."""
+    every = pd.DataFrame([(layer, feature) for layer in sorted(saes) for feature in range(int(saes[layer].cfg.d_sae))],
+                         columns=["layer", "feature"])
+    ablated = every.merge(members[["layer", "feature"]].drop_duplicates().assign(member=True),
+                          on=["layer", "feature"], how="left")["member"].fillna(False).to_numpy(dtype=bool)
+    clean = active_on_prompt(chat, saes, prompt, every)
+    woken = active_on_prompt(chat, saes, prompt, every, ablated=ablated)
+    return every.loc[woken & ~clean].reset_index(drop=True)
+
+
 def candidate_orders(candidates: pd.DataFrame, n_orders: int, seed: int) -> list[tuple[str, list[int]]]:
     """The restore orders: ascending attribution score first (METHOD.md §11's default), then seeded random
     permutations, ``n_orders`` in all; named ``attribution`` and ``random{i}``."""
