@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from refusal_sae.greedy import intersect_orders, woken_latents
+from refusal_sae.greedy import intersect_orders
 from refusal_sae.interactions import FMConfig
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.pipeline import open_stage, studyb_prompts
@@ -25,14 +25,9 @@ fm = FMConfig(rank=b.fm_rank, lr=b.fm_lr, epochs=b.fm_epochs, batch_size=b.fm_ba
 parts: dict[str, list[pd.DataFrame]] = {"selected": [], "weights": [], "samples": [], "fit": []}
 for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
     mine = minimal.loc[minimal["prompt_id"] == pid]
-    design_pool = pool
-    if b.wake_pool and len(mine):
-        woken = woken_latents(stage.chat, stage.saes, prompt, mine)
-        design_pool = pd.concat([pool, woken], ignore_index=True).drop_duplicates(ignore_index=True)
-    members = design_pool.merge(mine[["layer", "feature"]].assign(member=True), on=["layer", "feature"], how="left")
-    result = extend_minimal_set(stage.chat, stage.saes, prompt, pid, design_pool,
-                                members["member"].fillna(False).to_numpy(), b.n_masks, b.mask_density,
-                                b.test_fraction, fm, b.n_added, cfg.seed)
+    members = pool.merge(mine[["layer", "feature"]].assign(member=True), on=["layer", "feature"], how="left")
+    result = extend_minimal_set(stage.chat, stage.saes, prompt, pid, pool, members["member"].fillna(False).to_numpy(),
+                                b.n_masks, b.mask_density, b.test_fraction, fm, b.n_added, cfg.seed, b.wake_pool)
     for name in parts:
         parts[name].append(getattr(result, name))
 meta = {"settings": json.loads(smk.params.settings)}

@@ -159,11 +159,10 @@ def active_on_prompt(
     recorder = Recorder(layers)
     edits: list = []
     if ablated is not None and ablated.any():
-        features, columns = _feature_index(candidates)
-        active = {layer: torch.zeros(1, len(index), dtype=torch.bool) for layer, index in features.items()}
-        for j, (layer, column) in enumerate(columns):
-            active[layer][0, column] |= bool(ablated[j])
-        edits.append(FeatureEdit({layer: saes[layer] for layer in features}, features, mode="zero", row_active=active))
+        # Only the ablated latents enter the edit: over a whole SAE, splicing every candidate would decode
+        # thousands of write directions to change a few.
+        features, _ = _feature_index(candidates.loc[np.asarray(ablated, dtype=bool)])
+        edits.append(FeatureEdit({layer: saes[layer] for layer in features}, features, mode="zero"))
     # Edits run in list order at each layer: the recorder reads each layer before its own edits (a latent
     # cannot be woken by ablating latents of its own layer, only re-encoded), and after earlier layers'.
     run_until(chat.model, [recorder, *edits], last_layer=max(layers), **chat.tokenize([prompt]))

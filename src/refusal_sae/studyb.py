@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .greedy import ablation_scorer, active_on_prompt
+from .greedy import ablation_scorer, active_on_prompt, woken_latents
 from .interactions import FMConfig, evaluate, fit, interaction_scores, mask_design, weights_frame
 from .interventions import Recorder, SparseAutoencoder, run_until
 from .methods import STAGE3_METHODS
@@ -54,17 +54,25 @@ class Stage3Result:
 def extend_minimal_set(
     chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, prompt_id: str, pool: pd.DataFrame,
     members: np.ndarray, n_masks: int, density: float, test_fraction: float, fm: FMConfig, n_added: int,
-    seed: int = 0,
+    seed: int = 0, wake_pool: bool = False,
 ) -> Stage3Result:
     """The masks design of one prompt (module docstring): ``pool`` holds the candidate latents
     (``layer, feature``), ``members`` (``[len(pool)]`` bool) its minimal set. The FM and the linear model
     are fitted on the design's training masks and scored on the held-out ones; each ranks ``R \\ M`` by
     how much ablating a latent together with ``M`` lowers refusal (FM: pair weights with ``M`` plus the
     unary weight; linear: the unary weight), and ``n_added`` latents are added; ``random_added`` draws
-    as many from ``R \\ M``. ``M`` itself is listed as ``greedy_minimal``.
+    as many from ``R \\ M``. ``M`` itself is listed as ``greedy_minimal``. With ``wake_pool``, the latents of
+    the whole SAEs that are silent on the clean prompt and wake once ``M`` is ablated
+    (:func:`~refusal_sae.greedy.woken_latents`) join ``pool`` first.
     """
-    pool = pool.reset_index(drop=True)
+    pool = pool[["layer", "feature"]].reset_index(drop=True)
     members = np.asarray(members, dtype=bool)
+    if wake_pool and members.any():
+        extra = woken_latents(chat, saes, prompt, pool.loc[members])
+        extra = extra.merge(pool, how="left", indicator=True)
+        extra = extra.loc[extra["_merge"] == "left_only", ["layer", "feature"]]
+        pool = pd.concat([pool, extra], ignore_index=True)
+        members = np.concatenate([members, np.zeros(len(extra), dtype=bool)])
     woken = active_on_prompt(chat, saes, prompt, pool, ablated=members)
     design_index = np.flatnonzero(members | woken)
     design = pool.iloc[design_index].reset_index(drop=True)
