@@ -12,7 +12,13 @@ from tiny import make_tiny_chat_model, make_tiny_sae
 from torch import nn
 
 from refusal_sae.greedy import woken_latents
-from refusal_sae.hydra import activations_under, bos_hold_edits, hydra_table, stage3_only_deactivation
+from refusal_sae.hydra import (
+    activations_under,
+    bos_hold_edits,
+    hydra_metric_rows,
+    hydra_table,
+    stage3_only_deactivation,
+)
 from refusal_sae.interventions import PositionMask, Recorder, run_until
 from refusal_sae.scoring import refusal_scores
 
@@ -149,3 +155,36 @@ def test_woken_latents_are_the_silent_ones_that_fire_once_the_set_is_ablated(pla
     # The backup wakes; the idle latent stays silent; the clean reader fires on the clean prompt already.
     assert woken.to_dict("list") == {"layer": [2], "feature": [0]}
     assert woken_latents(chat, saes, PROMPT, MEMBERS.iloc[0:0]).empty  # nothing ablated, nothing wakes
+
+
+def _hydra_rows(silent: list[bool], critical_verified: list[bool], loo: list[float]) -> pd.DataFrame:
+    n = len(silent)
+    return pd.DataFrame({"prompt_id": [f"p{i % 2}" for i in range(n)], "layer": 2, "feature": range(n),
+                         "silent": silent, "critical": critical_verified, "loo_refusal_logodds": loo,
+                         "woken_region": ["template_suffix"] * n, "woken_position": 5, "woken_activation": 1.0,
+                         "woken_regions": ["template_suffix"] * n, "bos_activation": 0.0,
+                         "critical_verified": pd.array(critical_verified, dtype="boolean")})
+
+
+def test_hydra_metrics_pair_every_bos_hold_with_the_set_alone():
+    """Four prompts jailbroken by their sets; releasing every silent latent after BOS restores refusal on
+    three of them (a redundant group), the woken hold on none."""
+    hydra = _hydra_rows([True, True, False, True], [False, False, False, False], [-2.5, -0.7, 1.0, -3.0])
+    experiments = pd.DataFrame([
+        {"prompt_id": f"q{i}", "experiment": name, "refusal_score": score, "refused": refused, "n_hydras": held,
+         "value": float("nan")}
+        for i in range(4)
+        for name, score, refused, held in (("bos_none", 0.1, False, 0),
+                                           ("bos_silent_clean", 0.9 if i else 0.2, i > 0, 3),
+                                           ("bos_silent_woken", 0.1, False, 3))])
+    frame = pd.DataFrame(hydra_metric_rows(hydra, experiments, "harmful", seed=0)).set_index(["metric", "setting"])
+    assert frame.loc[("silent", "count"), "value"] == 3 and frame.loc[("silent", "count"), "n"] == 2
+    assert frame.loc[("silent_but_critical_verified", "count"), "value"] == 0
+    assert frame.loc[("silent_loo_refusal_logodds_max", "count"), "value"] == pytest.approx(-0.7)  # not 1.0: active
+    assert frame.loc[("jailbreak_rate", "bos_none"), "value"] == 1.0
+    assert frame.loc[("jailbreak_rate", "bos_silent_clean"), "value"] == 0.25
+    assert frame.loc[("jailbreak_relative_drop", "bos_silent_clean"), "value"] == pytest.approx(0.75)
+    assert frame.loc[("jailbreak_relative_drop", "bos_silent_woken"), "value"] == 0.0
+    diff = frame.loc[("jailbreak_rate_diff", "bos_silent_clean")]
+    assert diff["value"] == pytest.approx(-0.75) and diff["first_only"] == 0 and diff["second_only"] == 3
+    assert diff["p_value"] == pytest.approx(0.25)  # exact McNemar, 3 discordant pairs all one way

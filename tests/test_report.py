@@ -507,3 +507,23 @@ def test_studyb_markdown_says_when_there_is_no_hydra_to_examine():
     text = report.studyb_markdown("m", pd.DataFrame(rows))
     assert "BOS experiment: not run (no verified hydra latent)" in text
     assert "| harmful | 0 | 0 | 0 | none |" in text
+
+
+def test_studyb_markdown_reports_the_silent_group_when_no_latent_is_critical_alone():
+    rows = [_studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.1", ci_low=0.0, ci_high=0.5),
+            _studyb_row("hydra", "harmful", "silent", 14, 4, "count"),
+            _studyb_row("hydra", "harmful", "silent_but_critical_verified", 0, 4, "count"),
+            _studyb_row("hydra", "harmful", "silent_loo_refusal_logodds_max", -2.2, 14, "count"),
+            _studyb_row("hydra", "harmful", "jailbreak_rate", 1.0, 4, "bos_none", ci_low=0.5, ci_high=1.0),
+            _studyb_row("hydra", "harmful", "jailbreak_rate", 0.25, 4, "bos_silent_clean", ci_low=0.05, ci_high=0.7),
+            _studyb_row("hydra", "harmful", "jailbreak_rate_diff", -0.75, 4, "bos_silent_clean", p_value=0.25),
+            _studyb_row("hydra", "harmful", "jailbreak_relative_drop", 0.75, 4, "bos_silent_clean",
+                        baseline="bos_none")]
+    text = report.studyb_markdown("m", pd.DataFrame(rows))
+    assert "BOS experiment: not run (no verified hydra latent)" in text  # the study's hydras: none
+    assert ("BOS experiment, harmful, every silent latent of the set held at BOS at zero (free after it): jailbreak "
+            "rate 1.00 [0.50, 1.00] (n=4) with the set ablated, 0.25 [0.05, 0.70] (n=4) with the hold; relative "
+            "drop 0.75, McNemar p = 0.25.") in text
+    assert "Of the 14 set latents silent on the clean prompt, 0 are critical alone" in text
+    assert "at or below -2.20 (a flip needs > 0)" in text
+    assert "Released together after BOS, they bring the jailbreak rate from 1.00 to 0.25" in text

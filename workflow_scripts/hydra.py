@@ -1,7 +1,8 @@
 """Entry script: hydra features of one dataset (Study B, METHOD.md §13): for every refused prompt whose
 FM-extended set jailbreaks the model, which of the set's latents are silent but critical (first-token flip,
-re-checked by generation), where they wake, the BOS experiment on the verified ones (with the jailbreak
-ablation alone generated the same way as its matched baseline) and the stage-3-only ablation."""
+re-checked by generation), where they wake, the BOS experiment on the verified ones and on every silent
+latent of the set (with the jailbreak ablation alone generated the same way as its matched baseline) and
+the stage-3-only ablation."""
 import json
 
 import pandas as pd
@@ -50,14 +51,20 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
         table.loc[i, "critical_verified"] = judged(prompt, zeroed(rest, pid) if len(rest) else [])[2]
     tables.append(table)
     verified = table["critical_verified"].fillna(False).astype(bool)
+    silent = table.loc[table["silent"]]
     hydras = table.loc[table["silent"] & verified]
-    if len(hydras):
-        # The jailbreak ablation alone, built like the two BOS readings and generated beside them (batch 1).
-        for reading, hydras_held in (("none", hydras.iloc[0:0]), ("clean", hydras), ("woken", hydras)):
-            text, score, refused = judged(prompt, bos_hold_edits(saes, full, hydras_held,
-                                                                 "woken" if reading == "none" else reading))
-            experiments.append({"prompt_id": pid, "experiment": f"bos_{reading}", "refusal_score": score,
-                                "refused": refused, "n_hydras": len(hydras), "value": float("nan")})
+    # The study holds its hydras at BOS; holding every silent latent of the set the same way asks whether
+    # they matter together when none matters alone. The jailbreak ablation alone is built like the holds
+    # and generated beside them (batch 1).
+    holds = {"": hydras, "silent_": silent if len(silent) > len(hydras) else silent.iloc[0:0]}
+    if any(len(held) for held in holds.values()):
+        runs = [("bos_none", silent.iloc[0:0], "woken")]
+        runs += [(f"bos_{group}{reading}", held, reading) for group, held in holds.items() if len(held)
+                 for reading in ("clean", "woken")]
+        for name, held, reading in runs:
+            text, score, refused = judged(prompt, bos_hold_edits(saes, full, held, reading))
+            experiments.append({"prompt_id": pid, "experiment": name, "refusal_score": score,
+                                "refused": refused, "n_hydras": len(held), "value": float("nan")})
     mine = minimal.loc[minimal["prompt_id"] == pid, ["layer", "feature"]]
     additions = full.merge(mine, how="left", indicator=True)
     additions = additions.loc[additions["_merge"] == "left_only", ["layer", "feature"]]

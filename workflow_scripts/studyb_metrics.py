@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 
 from refusal_sae.greedy import intersect_orders
+from refusal_sae.hydra import hydra_metric_rows
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.metrics import mean_row, paired_rows, rate_row
 from refusal_sae.report import studyb_markdown
 from refusal_sae.runtime import start
-from refusal_sae.selection import PEAK_REGIONS
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
@@ -52,46 +52,7 @@ for r in activations.loc[activations["metric"] != "n"].itertuples():
     rows.append({"method": f"activations_{r.model}", "dataset": r.split, "metric": r.metric, "value": r.value,
                  "n": int(counts[(r.model, r.split)]), "setting": "activations"})
 for path, exp_path in zip(smk.input.hydra, smk.input.experiments, strict=True):
-    dataset = Path(path).stem
-    hydra = read_parquet(path)
-    silent = hydra.loc[hydra["silent"]]
-    verified = silent.loc[silent["critical_verified"].fillna(False).astype(bool)]
-    n_prompts = int(hydra["prompt_id"].nunique())
-    for metric, frame in (("silent", silent), ("silent_but_critical", silent.loc[silent["critical"]]),
-                          ("silent_but_critical_verified", verified)):
-        rows.append({"method": "hydra", "dataset": dataset, "metric": metric, "value": float(len(frame)),
-                     "n": n_prompts, "setting": "count"})
-    for region, count in verified["woken_region"].value_counts().items():
-        rows.append({"method": "hydra", "dataset": dataset, "metric": f"peak_{region}", "value": float(count),
-                     "n": len(verified), "setting": "position"})
-    fires_in = verified["woken_regions"].fillna("").str.split(";")
-    for region in PEAK_REGIONS:
-        rows.append(rate_row("hydra", dataset, f"fires_in_{region}", [region in r for r in fires_in],
-                             setting="position"))
-    experiments = read_parquet(exp_path)
-    bos = {name: group.set_index("prompt_id") for name, group in experiments.groupby("experiment")
-           if name.startswith("bos_")}
-    for name, group in bos.items():
-        rows.append(rate_row("hydra", dataset, "jailbreak_rate", (~group["refused"].astype(bool)).tolist(),
-                             setting=name))
-    if "bos_none" in bos:
-        none = bos["bos_none"]
-        none_rate = float((~none["refused"].astype(bool)).mean())
-        for name in ("bos_clean", "bos_woken"):
-            if name not in bos:
-                continue
-            held = bos[name].loc[none.index]
-            for row in paired_rows(name, "bos_none", dataset, (~held["refused"].astype(bool)).tolist(),
-                                   (~none["refused"].astype(bool)).tolist(), held["refusal_score"].tolist(),
-                                   none["refusal_score"].tolist(), seed=cfg.seed):
-                rows.append({**row, "method": "hydra", "setting": name})
-            drop = (none_rate - float((~held["refused"].astype(bool)).mean())) / none_rate if none_rate else float("nan")
-            rows.append({"method": "hydra", "dataset": dataset, "metric": "jailbreak_relative_drop", "value": drop,
-                         "n": len(none), "setting": name, "baseline": "bos_none"})
-    stage3 = experiments.loc[experiments["experiment"].str.startswith("stage3_only_")]
-    for name, group in stage3.groupby("experiment"):
-        rows.append(mean_row("hydra", dataset, name.removeprefix("stage3_only_"), group["value"].tolist(),
-                             setting="stage3_only"))
+    rows += hydra_metric_rows(read_parquet(path), read_parquet(exp_path), Path(path).stem, seed=cfg.seed)
 # The study's CE table: base and direction ablation (the capability table) beside the per-prompt sets'
 # ablation, mean and sd over sets.
 capability = read_parquet(smk.input.capability)

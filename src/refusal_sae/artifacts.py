@@ -165,7 +165,9 @@ CONTRACTS: tuple[ArtifactContract, ...] = (
     ArtifactContract("results/{model}/hydra/{dataset}_experiments.parquet",
                      {"prompt_id": STR, "experiment": STR, "refusal_score": FLOAT, "refused": BOOL, "n_hydras": INT,
                       "value": FLOAT},
-                     "Study B hydra: a BOS-hold generation or a stage-3-only deactivation number of one prompt"),
+                     "Study B hydra: a BOS-hold generation (bos_none; bos_clean / bos_woken: the verified hydras "
+                     "held; bos_silent_*: every silent latent of the set held; n_hydras: latents held) or a "
+                     "stage-3-only deactivation number of one prompt"),
     ArtifactContract("results/{model}/hydra/{dataset}.parquet",
                      {"prompt_id": STR, "layer": INT, "feature": INT, "silent": BOOL, "critical": BOOL,
                       "loo_refusal_logodds": FLOAT, "woken_region": STR, "woken_position": INT,

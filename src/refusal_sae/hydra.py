@@ -12,7 +12,9 @@ the model:
   text, the user text or the template after it (prompt positions only: generated tokens are not read);
 * **the BOS experiment**: ``F`` ablated, but each hydra latent held at BOS at its clean value (zero:
   only BOS is ablated for it, it is free elsewhere) or at its woken value there (its activation at BOS
-  with the active part of ``F`` ablated; ablated after BOS), to see how much of its effect sits at BOS;
+  with the active part of ``F`` ablated; ablated after BOS), to see how much of its effect sits at BOS.
+  The same is done with every silent latent of ``F`` held (``bos_silent_*``): when none is critical
+  alone, this asks whether they matter together (redundancy rather than a single backup);
 * **stage-3-only ablation**: ablating the additions alone, how many minimal-set latents switch off.
 
 Activations are read from each layer's stream before that layer's own edits (after every upstream
@@ -30,6 +32,7 @@ import torch
 
 from .greedy import ablation_scorer, active_on_prompt
 from .interventions import FeatureEdit, PositionMask, Recorder, SparseAutoencoder, run_until
+from .metrics import mean_row, paired_rows, rate_row
 from .models import ChatModel
 from .selection import PEAK_REGIONS, position_region
 
@@ -152,3 +155,54 @@ def stage3_only_deactivation(
     return {"switched_off": float((edited[on] <= 0).float().mean()),
             "mean_relative_drop": float(((clean[on] - edited[on]) / clean[on]).mean()),
             "n_active": float(on.sum())}
+
+
+def hydra_metric_rows(hydra: pd.DataFrame, experiments: pd.DataFrame, dataset: str, seed: int = 0) -> list[dict]:
+    """Study B's metrics rows (method ``hydra``) of one dataset from its ``hydra/{dataset}.parquet`` and
+    ``_experiments.parquet``: counts of silent, silent-but-critical and verified latents (``setting
+    count``, ``n`` = prompts whose set jailbreaks) and the largest leave-one-out refusal log-odds of a
+    silent latent (``n`` = silent latents), the verified ones' peak regions and the share firing in
+    each region (``position``), the jailbreak rate of every BOS experiment and, for each hold against
+    ``bos_none`` on the same prompts, the paired rows and the relative drop of the jailbreak rate; the
+    stage-3-only means (``stage3_only``)."""
+    rows = []
+    silent = hydra.loc[hydra["silent"]]
+    verified = silent.loc[silent["critical_verified"].fillna(False).astype(bool)]
+    n_prompts = int(hydra["prompt_id"].nunique())
+    for metric, frame in (("silent", silent), ("silent_but_critical", silent.loc[silent["critical"]]),
+                          ("silent_but_critical_verified", verified)):
+        rows.append({"method": "hydra", "dataset": dataset, "metric": metric, "value": float(len(frame)),
+                     "n": n_prompts, "setting": "count"})
+    # How far the silent latents are from critical: positive log-odds would be a flip back to refusal.
+    rows.append({"method": "hydra", "dataset": dataset, "metric": "silent_loo_refusal_logodds_max",
+                 "value": float(silent["loo_refusal_logodds"].max()) if len(silent) else float("nan"),
+                 "n": len(silent), "setting": "count"})
+    for region, count in verified["woken_region"].value_counts().items():
+        rows.append({"method": "hydra", "dataset": dataset, "metric": f"peak_{region}", "value": float(count),
+                     "n": len(verified), "setting": "position"})
+    fires_in = verified["woken_regions"].fillna("").str.split(";")
+    for region in PEAK_REGIONS:
+        rows.append(rate_row("hydra", dataset, f"fires_in_{region}", [region in r for r in fires_in],
+                             setting="position"))
+    bos = {name: group.set_index("prompt_id") for name, group in experiments.groupby("experiment")
+           if name.startswith("bos_")}
+    for name, group in bos.items():
+        rows.append(rate_row("hydra", dataset, "jailbreak_rate", (~group["refused"].astype(bool)).tolist(),
+                             setting=name, n_features=float(group["n_hydras"].mean())))
+    none = bos.get("bos_none")
+    for name in sorted(set(bos) - {"bos_none"}) if none is not None else []:
+        held = bos[name].loc[none.index]
+        held_jailbroken = (~held["refused"].astype(bool)).tolist()
+        none_jailbroken = (~none["refused"].astype(bool)).tolist()
+        for row in paired_rows(name, "bos_none", dataset, held_jailbroken, none_jailbroken,
+                               held["refusal_score"].tolist(), none["refusal_score"].tolist(), seed=seed):
+            rows.append({**row, "method": "hydra", "setting": name})
+        none_rate = float(np.mean(none_jailbroken))
+        drop = (none_rate - float(np.mean(held_jailbroken))) / none_rate if none_rate else float("nan")
+        rows.append({"method": "hydra", "dataset": dataset, "metric": "jailbreak_relative_drop", "value": drop,
+                     "n": len(none), "setting": name, "baseline": "bos_none"})
+    stage3 = experiments.loc[experiments["experiment"].str.startswith("stage3_only_")]
+    for name, group in stage3.groupby("experiment"):
+        rows.append(mean_row("hydra", dataset, name.removeprefix("stage3_only_"), group["value"].tolist(),
+                             setting="stage3_only"))
+    return rows

@@ -109,6 +109,15 @@ def paired_markdown(paired: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The BOS experiment's holds (hydra.bos_hold_edits), as the report words them: the study's (its hydras) first.
+_BOS_HOLDS = {
+    "bos_clean": "the hydras held at BOS at their clean value (zero there, free after it)",
+    "bos_woken": "the hydras held at BOS at their woken value (ablated after it)",
+    "bos_silent_clean": "every silent latent of the set held at BOS at zero (free after it)",
+    "bos_silent_woken": "every silent latent of the set held at BOS at its woken value (ablated after it)",
+}
+
+
 # What the study reports (issues 15 and 16, from a summary of its body: a secondary source), per finding.
 STUDY_B_REFERENCE: dict[str, str] = {
     "stage3": "Llama: FM set 330/372 jailbroken (0.89), linear 101/372 (0.27), random 0-5/372",
@@ -195,13 +204,16 @@ def studyb_markdown(model: str, studyb: pd.DataFrame) -> str:
                    + f" | {where} |")
     out.append(f"\nThe study: {ref['hydra_count']} silent-but-critical latents; {ref['hydra_where']}.\n")
     drops = rows(method="hydra", metric="jailbreak_relative_drop")
-    if drops.empty:
+    if not drops["setting"].isin(list(_BOS_HOLDS)[:2]).any():
         out.append(f"BOS experiment: not run (no verified hydra latent). The study: {ref['bos_drop']}.\n")
     for r in drops.itertuples():
         held = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate", setting=r.setting)
         none = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate", setting="bos_none")
-        out.append(f"BOS experiment, {r.dataset}, {r.setting}: jailbreak rate {_cell(none)} without, {_cell(held)} "
-                   f"with the hydras held at BOS; relative drop {r.value:.2f}. The study: {ref['bos_drop']}.\n")
+        paired = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate_diff", setting=r.setting)
+        p_value = "" if paired is None else f", McNemar p = {paired['p_value']:.3g}"
+        out.append(f"BOS experiment, {r.dataset}, {_BOS_HOLDS.get(r.setting, r.setting)}: jailbreak rate "
+                   f"{_cell(none)} with the set ablated, {_cell(held)} with the hold; relative drop {r.value:.2f}"
+                   f"{p_value}. The study: {ref['bos_drop']}.\n")
     for dataset in datasets:
         off = first(method="hydra", dataset=dataset, metric="switched_off", setting="stage3_only")
         drop = first(method="hydra", dataset=dataset, metric="mean_relative_drop", setting="stage3_only")
@@ -234,10 +246,32 @@ def studyb_markdown(model: str, studyb: pd.DataFrame) -> str:
             f"largest mean minimal set holds {sizes['value'].max() if len(sizes) else 0:.2f} latents and the "
             f"extended sets jailbreak at most {jailbreaks['value'].max() if len(jailbreaks) else float('nan'):.2f} "
             f"of the prompts (the study: 0.89 for the FM set), so {int(examined)} prompts had a jailbreaking set to "
-            "look for hydra latents "
-            "in. Absolute cross-entropies are not comparable across models and texts; the change against the "
-            "same model's base is.\n"]
+            f"look for hydra latents in. {_redundancy_sentence(rows)}Absolute cross-entropies are not comparable "
+            "across models and texts; the change against the same model's base is.\n"]
     return "\n".join(out) + "\n"
+
+
+def _redundancy_sentence(rows: Callable[..., pd.DataFrame]) -> str:
+    """What the hydra rows say about backups vs redundancy, for Study B's "what differs" paragraph."""
+    silent = rows(method="hydra", metric="silent", setting="count")["value"].sum()
+    critical = rows(method="hydra", metric="silent_but_critical_verified", setting="count")["value"].sum()
+    if not silent:
+        return ""
+    text = (f"Of the {int(silent)} set latents silent on the clean prompt, {int(critical)} "
+            f"{'is' if critical == 1 else 'are'} critical alone (the study counts only these as hydras)")
+    closest = rows(method="hydra", metric="silent_loo_refusal_logodds_max", setting="count")["value"].max()
+    if critical == 0 and pd.notna(closest):
+        text += (f"; dropping any one of them leaves refusal's first-token log-odds at or below {closest:.2f} "
+                 "(a flip needs > 0): the woken latents are redundant with the rest of the set rather than "
+                 "single backups. A likely reason, not tested here: these sets ablate dozens of latents on a few "
+                 "SAE layers, so several woken latents carry the same signal, where the study's SAEs on every "
+                 "layer of a 2-8B model can leave a single latent carrying it")
+    released = rows(method="hydra", metric="jailbreak_rate", setting="bos_silent_clean")
+    none = rows(method="hydra", metric="jailbreak_rate", setting="bos_none")
+    if len(released) and len(none):
+        text += (f". Released together after BOS, they bring the jailbreak rate from {none['value'].mean():.2f} "
+                 f"to {released['value'].mean():.2f} (mean over datasets)")
+    return text + ". "
 
 
 def jailbreak_figure(summary: pd.DataFrame, path: str, title: str) -> None:
