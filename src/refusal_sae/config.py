@@ -331,8 +331,10 @@ class StudyBConfig:
     fm_lr: float = 0.01
     fm_epochs: int = 200
     fm_batch_size: int = 32
-    n_added: int = 5
-    """Latents added to each minimal set by the FM, the linear model and at random (equal N)."""
+    n_added: int = 40
+    """Latents added to each minimal set by the FM, the linear model and at random (equal N). On the organism
+    (70-77 active candidates per prompt) 5 jailbreak no prompt, so hydra has no set to examine; 40 jailbreak
+    3-4 of 8 (docs/results.md)."""
     activations_rank: int = 20
     activations_lr: float = 1.0e-3
     activations_epochs: int = 20
