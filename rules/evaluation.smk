@@ -174,6 +174,7 @@ rule evaluation_metrics:
         grid="results/{model}/metrics/grid.parquet",
         induction="results/{model}/metrics/induction.parquet",
         paired="results/{model}/metrics/paired.parquet",
+        grid_paired="results/{model}/metrics/grid_paired.parquet",
     params:
         code=code_version("metrics", "methods"),
         settings=settings("seed", "selection.k_star"),

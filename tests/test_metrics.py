@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 from refusal_sae import scoring
 from refusal_sae.interventions import DirectionAblation, intervene
 from refusal_sae.metrics import (
+    PAIRED_COLUMNS,
     first_token_kl,
+    grid_tables,
     masked_cross_entropy,
     mcnemar_exact,
     paired_bootstrap,
@@ -164,3 +167,29 @@ def test_paired_rows_report_differences_p_values_and_sign():
     assert rate["metric"] == "jailbreak_rate_diff" and rate["value"] == pytest.approx(20 / 32)
     assert rate["ci_low"] > 0 and rate["p_value"] < 1e-4 and (rate["first_only"], rate["second_only"]) == (20, 0)
     assert logodds["value"] == pytest.approx(-4.0) and logodds["p_value"] < 1e-4 and logodds["judge"] == "substring"
+
+
+def _grid_generations(jailbroken: dict[str, list[bool]], prefix: str) -> pd.DataFrame:
+    frames = [pd.DataFrame({"prompt_id": [f"{prefix}-{i}" for i in range(len(flags))], "method": method,
+                            "clamp_scale": clamp, "k_star": 20, "refused": [not f for f in flags],
+                            "refusal_score": [-2.0 if f else 2.0 for f in flags]})
+              for clamp in (0.0, -3.0) for method, flags in jailbroken.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_grid_tables_pair_ours_with_each_method_at_every_point_and_pooled():
+    """ours_global jailbreaks 8 of 10 prompts per dataset where cossim jailbreaks 2 (the same 2): pooled over
+    both datasets that is 12 discordant pairs all one way, p = 2 * 0.5**12."""
+    flags = {"ours_global": [True] * 8 + [False] * 2, "cossim": [False] * 6 + [True] * 2 + [False] * 2}
+    grid, paired = grid_tables({"a": _grid_generations(flags, "a"), "b": _grid_generations(flags, "b")},
+                               ("ours_global",), seed=0)
+    rates = grid.loc[grid["metric"] == "jailbreak_rate"].set_index(["dataset", "method", "clamp_scale"])["value"]
+    assert rates[("a", "ours_global", 0.0)] == 0.8 and rates[("b", "cossim", -3.0)] == 0.2
+    assert list(paired.columns) == [*PAIRED_COLUMNS, "clamp_scale", "k_star"]
+    rate_diff = paired.loc[paired["metric"] == "jailbreak_rate_diff"].set_index(["dataset", "clamp_scale"])
+    assert set(rate_diff.index) == {(d, c) for d in ("a", "b", "pooled") for c in (0.0, -3.0)}
+    pooled = rate_diff.loc[("pooled", 0.0)]
+    assert pooled["method"] == "ours_global" and pooled["baseline"] == "cossim" and pooled["n"] == 20
+    assert pooled["value"] == pytest.approx(0.6) and (pooled["first_only"], pooled["second_only"]) == (12, 0)
+    assert pooled["p_value"] == pytest.approx(2 * 0.5 ** 12)
+    assert rate_diff.loc[("a", 0.0), "p_value"] == pytest.approx(2 * 0.5 ** 6)

@@ -57,6 +57,8 @@ def test_paired_grid_and_study_b_tables(finished_run):
     assert {"harmful", "pooled"} <= set(paired["dataset"]) and paired["p_value"].between(0, 1).all()
     grid = pd.read_parquet(metrics / "grid.parquet")
     assert set(zip(grid["clamp_scale"], grid["k_star"], strict=True)) == {(0.0, 3), (-3.0, 3), (-3.0, 2)}
+    grid_paired = pd.read_parquet(metrics / "grid_paired.parquet")  # one grid method here: nothing to pair
+    assert grid_paired.empty and {"clamp_scale", "k_star", "p_value"} <= set(grid_paired.columns)
     studyb = pd.read_parquet(metrics / "studyb.parquet")
     assert {"greedy_minimal", "fm_added", "linear_added", "random_added"} <= set(studyb["method"])
     assert {"activations_fm", "activations_linear"} <= set(studyb["method"])

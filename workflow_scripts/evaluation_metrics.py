@@ -1,12 +1,21 @@
 """Entry script: jailbreak rates per variant x dataset x method (every judge) and refusal induction, with
-95% Wilson intervals, and the paired comparisons of "ours" against every other method."""
+95% Wilson intervals, and the paired comparisons of "ours" against every other method, at the default
+operating point and at every point of the clamp x K* grid."""
 from pathlib import Path
 
 import pandas as pd
 
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.methods import BASE, PER_PROMPT_METHODS, n_features
-from refusal_sae.metrics import PAIRED_COLUMNS, jailbreak_rows, mean_row, paired_comparisons, rate_row
+from refusal_sae.metrics import (
+    PAIRED_COLUMNS,
+    grid_tables,
+    jailbreak_rows,
+    mean_row,
+    paired_comparisons,
+    pool_outcomes,
+    rate_row,
+)
 from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
@@ -59,27 +68,22 @@ for path in smk.input.induction:
                                        group["refusal_score"].tolist(), **extra))
 write_parquet(pd.DataFrame(induction_rows), smk.output.induction)
 
-# Prompts of every dataset together (ids are unique across datasets): the comparison with the most power.
-# In input order, not set order: a set of strings iterates in a per-process hash order, and the table's
-# rows (so its bytes) would differ between two runs of the same inputs.
+# Prompts of every dataset together: the comparison with the most power.
 for variant in dict.fromkeys(v for v, _ in list(outcomes)):
-    datasets = [d for v, d in list(outcomes) if v == variant]
-    methods = [m for m in outcomes[(variant, datasets[0])] if all(m in outcomes[(variant, d)] for d in datasets)]
-    outcomes[(variant, "pooled")] = {m: pd.concat([outcomes[(variant, d)][m] for d in datasets], ignore_index=True)
-                                     for m in methods}
+    by_dataset = {d: by_method for (v, d), by_method in list(outcomes.items()) if v == variant}
+    outcomes[(variant, "pooled")] = pool_outcomes(by_dataset)
 paired = []
 for (variant, dataset), by_method in outcomes.items():
     for row in paired_comparisons(by_method, PER_PROMPT_METHODS + ("ours_global",), dataset, "substring", cfg.seed):
         paired.append({**row, "variant": variant})
 write_parquet(pd.DataFrame(paired, columns=[*PAIRED_COLUMNS, "variant"]), smk.output.paired)
 
-grid_rows = []
-for path in smk.input.grid:
-    frame = read_parquet(path)
-    dataset = Path(path).parent.name
-    for (method, clamp_scale, k_star), group in frame.groupby(["method", "clamp_scale", "k_star"], sort=False):
-        point = {"clamp_scale": float(clamp_scale), "k_star": int(k_star), "judge": "substring"}
-        grid_rows.append(rate_row(method, dataset, "jailbreak_rate", (~group["refused"]).tolist(), **point))
-        grid_rows.append(mean_row(method, dataset, "first_token_refusal_logodds", group["refusal_score"].tolist(),
-                                  **point))
-write_parquet(pd.DataFrame(grid_rows), smk.output.grid)
+# The paired comparisons at every operating point too: a difference hidden at the default's ceiling can
+# show at a weaker clamp or a smaller set.
+grid_generations = {}
+for path in smk.input.grid:  # one file per dataset x method
+    grid_generations.setdefault(Path(path).parent.name, []).append(read_parquet(path))
+grid, grid_paired = grid_tables({d: pd.concat(f, ignore_index=True) for d, f in grid_generations.items()},
+                                PER_PROMPT_METHODS + ("ours_global",), cfg.seed)
+write_parquet(grid, smk.output.grid)
+write_parquet(grid_paired, smk.output.grid_paired)

@@ -200,6 +200,12 @@ CONTRACTS: tuple[ArtifactContract, ...] = (
                       "second_only": INT, "judge": STR, "variant": STR},
                      "ours (method) vs another method (baseline) on the same prompts: paired difference, "
                      "interval, p-value"),
+    ArtifactContract("results/{model}/metrics/grid_paired.parquet",
+                     {"method": STR, "baseline": STR, "dataset": STR, "metric": STR, "value": FLOAT,
+                      "ci_low": FLOAT, "ci_high": FLOAT, "n": INT, "p_value": FLOAT, "first_only": INT,
+                      "second_only": INT, "judge": STR, "clamp_scale": FLOAT, "k_star": INT},
+                     "held out, at one point of the clamp x K* grid: ours (method) vs another method (baseline) "
+                     "on the same prompts, per dataset and pooled"),
     ArtifactContract("results/analysis/pairs/{dataset}.parquet", _PAIR_COLUMNS,
                      "adversarial pair: an explicit evaluation request and one variant of it (template or suffix)"),
     ArtifactContract("results/{model}/analysis/adversarial/{dataset}.parquet",

@@ -346,6 +346,47 @@ def paired_comparisons(
     return rows
 
 
+def pool_outcomes(by_dataset: Mapping[str, Mapping[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """The prompts of every dataset together, per method (``by_dataset[dataset][method]`` as in
+    :func:`paired_comparisons`; prompt ids are unique across datasets): the methods that every dataset has,
+    in the first dataset's order (not a set's, whose order differs per process)."""
+    datasets = list(by_dataset)
+    if not datasets:
+        return {}
+    methods = [m for m in by_dataset[datasets[0]] if all(m in by_dataset[d] for d in datasets)]
+    return {m: pd.concat([by_dataset[d][m] for d in datasets], ignore_index=True) for m in methods}
+
+
+def grid_tables(
+    generations: Mapping[str, pd.DataFrame], references: Sequence[str], seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The clamp x K* grid's tables from its generations (``generations[dataset]``: ``prompt_id, method,
+    clamp_scale, k_star, refused, refusal_score``, the methods of one dataset together).
+
+    First: per method x dataset x point, the substring jailbreak rate and the mean first-token refusal
+    log-odds. Second: at every point, :func:`paired_comparisons` of each of ``references`` against the
+    other methods, per dataset and ``pooled`` (:func:`pool_outcomes`), with ``clamp_scale`` and
+    ``k_star`` columns (``PAIRED_COLUMNS`` first).
+    """
+    rows, outcomes = [], {}
+    for dataset, frame in generations.items():
+        for (method, clamp_scale, k_star), group in frame.groupby(["method", "clamp_scale", "k_star"], sort=False):
+            point = {"clamp_scale": float(clamp_scale), "k_star": int(k_star)}
+            rows.append(rate_row(method, dataset, "jailbreak_rate", (~group["refused"].astype(bool)).tolist(),
+                                 **point, judge="substring"))
+            rows.append(mean_row(method, dataset, "first_token_refusal_logodds", group["refusal_score"].tolist(),
+                                 **point, judge="substring"))
+            outcomes.setdefault((float(clamp_scale), int(k_star)), {}).setdefault(dataset, {})[method] = (
+                pd.DataFrame({"prompt_id": group["prompt_id"], "jailbroken": ~group["refused"].astype(bool),
+                              "refusal_score": group["refusal_score"]}))
+    paired = []
+    for (clamp_scale, k_star), by_dataset in outcomes.items():
+        for dataset, by_method in {**by_dataset, "pooled": pool_outcomes(by_dataset)}.items():
+            for row in paired_comparisons(by_method, references, dataset, "substring", seed):
+                paired.append({**row, "clamp_scale": clamp_scale, "k_star": k_star})
+    return pd.DataFrame(rows), pd.DataFrame(paired, columns=[*PAIRED_COLUMNS, "clamp_scale", "k_star"])
+
+
 def jailbreak_rows(
     generations: pd.DataFrame, judgments: pd.DataFrame, method: str, dataset: str, **extra: Any
 ) -> list[dict[str, Any]]:
