@@ -181,6 +181,8 @@ def test_hydra_metrics_pair_every_bos_hold_with_the_set_alone():
     assert frame.loc[("silent", "count"), "value"] == 3 and frame.loc[("silent", "count"), "n"] == 2
     assert frame.loc[("silent_but_critical_verified", "count"), "value"] == 0
     assert frame.loc[("silent_loo_refusal_logodds_max", "count"), "value"] == pytest.approx(-0.7)  # not 1.0: active
+    assert frame.loc[("peak_template_suffix", "position_silent"), "value"] == 3
+    assert ("peak_template_suffix", "position") not in frame.index  # no verified hydra to place
     assert frame.loc[("jailbreak_rate", "bos_none"), "value"] == 1.0
     assert frame.loc[("jailbreak_rate", "bos_silent_clean"), "value"] == 0.25
     assert frame.loc[("jailbreak_relative_drop", "bos_silent_clean"), "value"] == pytest.approx(0.75)

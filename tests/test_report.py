@@ -492,7 +492,7 @@ def test_studyb_markdown_puts_each_finding_beside_the_study():
     assert "| harmful | 0.1 | 3 | 1.50 [0.50, 2.50] (n=2) | 0.25 [0.05, 0.70] (n=4) |" in text
     assert "| harmful | 0.5 | 0 | - |" in text  # no non-empty set at that tau
     assert "| harmful | 40 | 0.75 [0.00, 1.00] (n=4) | 0.50 [0.00, 1.00] (n=4) | 0.00 [0.00, 1.00] (n=4) | +0.25, p = 0.5 |" in text
-    assert "| harmful | 3 | 5 | 2 | sink 2 |" in text
+    assert "| harmful | 3 | 5 | 2 | sink 2 | none |" in text
     assert "relative drop 0.50. The study: holding them at BOS cuts jailbreak success by about 80%" in text
     assert "| on-policy harmless answers | 2.000 [1.800, 2.200] (n=8) | 2.200 [2.000, 2.400] (n=8) | 2.100 +- 0.050 (n=3) | +10.0% / +5.0% |" in text
     assert "largest mean minimal set holds 1.50 latents" in text and "at most 0.75 of the prompts" in text
@@ -506,24 +506,33 @@ def test_studyb_markdown_says_when_there_is_no_hydra_to_examine():
             _studyb_row("hydra", "harmful", "silent", 0, 0, "count")]
     text = report.studyb_markdown("m", pd.DataFrame(rows))
     assert "BOS experiment: not run (no verified hydra latent)" in text
-    assert "| harmful | 0 | 0 | 0 | none |" in text
+    assert "| harmful | 0 | 0 | 0 | none | none |" in text
 
 
-def test_studyb_markdown_reports_the_silent_group_when_no_latent_is_critical_alone():
+@pytest.mark.parametrize(("released", "reading"), [
+    (0.25, "together they matter, redundant backups rather than single ones"),
+    (1.0, "the jailbreak needs none of them, even together; they are passengers of the set, not backups"),
+])
+def test_studyb_markdown_reports_the_silent_group_when_no_latent_is_critical_alone(released, reading):
     rows = [_studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.1", ci_low=0.0, ci_high=0.5),
             _studyb_row("hydra", "harmful", "silent", 14, 4, "count"),
             _studyb_row("hydra", "harmful", "silent_but_critical_verified", 0, 4, "count"),
             _studyb_row("hydra", "harmful", "silent_loo_refusal_logodds_max", -2.2, 14, "count"),
+            _studyb_row("hydra", "harmful", "peak_template_suffix", 9, 14, "position_silent"),
+            _studyb_row("hydra", "harmful", "peak_silent", 5, 14, "position_silent"),
             _studyb_row("hydra", "harmful", "jailbreak_rate", 1.0, 4, "bos_none", ci_low=0.5, ci_high=1.0),
-            _studyb_row("hydra", "harmful", "jailbreak_rate", 0.25, 4, "bos_silent_clean", ci_low=0.05, ci_high=0.7),
-            _studyb_row("hydra", "harmful", "jailbreak_rate_diff", -0.75, 4, "bos_silent_clean", p_value=0.25),
-            _studyb_row("hydra", "harmful", "jailbreak_relative_drop", 0.75, 4, "bos_silent_clean",
+            _studyb_row("hydra", "harmful", "jailbreak_rate", released, 4, "bos_silent_clean", ci_low=0.05,
+                        ci_high=1.0),
+            _studyb_row("hydra", "harmful", "jailbreak_rate_diff", released - 1, 4, "bos_silent_clean", p_value=0.25),
+            _studyb_row("hydra", "harmful", "jailbreak_relative_drop", 1 - released, 4, "bos_silent_clean",
                         baseline="bos_none")]
     text = report.studyb_markdown("m", pd.DataFrame(rows))
     assert "BOS experiment: not run (no verified hydra latent)" in text  # the study's hydras: none
+    assert "| harmful | 4 | 14 | 0 | none | template_suffix 9, silent 5 |" in text
     assert ("BOS experiment, harmful, every silent latent of the set held at BOS at zero (free after it): jailbreak "
-            "rate 1.00 [0.50, 1.00] (n=4) with the set ablated, 0.25 [0.05, 0.70] (n=4) with the hold; relative "
-            "drop 0.75, McNemar p = 0.25.") in text
+            f"rate 1.00 [0.50, 1.00] (n=4) with the set ablated, {released:.2f} [0.05, 1.00] (n=4) with the hold; "
+            f"relative drop {1 - released:.2f}, McNemar p = 0.25.") in text
     assert "Of the 14 set latents silent on the clean prompt, 0 are critical alone" in text
     assert "at or below -2.20 (a flip needs > 0)" in text
-    assert "Released together after BOS, they bring the jailbreak rate from 1.00 to 0.25" in text
+    assert f"Released together after BOS, they take the jailbreak rate from 1.00 to {released:.2f}" in text
+    assert reading in text

@@ -161,8 +161,8 @@ def hydra_metric_rows(hydra: pd.DataFrame, experiments: pd.DataFrame, dataset: s
     """Study B's metrics rows (method ``hydra``) of one dataset from its ``hydra/{dataset}.parquet`` and
     ``_experiments.parquet``: counts of silent, silent-but-critical and verified latents (``setting
     count``, ``n`` = prompts whose set jailbreaks) and the largest leave-one-out refusal log-odds of a
-    silent latent (``n`` = silent latents), the verified ones' peak regions and the share firing in
-    each region (``position``), the jailbreak rate of every BOS experiment and, for each hold against
+    silent latent (``n`` = silent latents), the peak regions of the verified ones (``position``) and of
+    every silent one (``position_silent``), the share of verified ones firing in each region, the jailbreak rate of every BOS experiment and, for each hold against
     ``bos_none`` on the same prompts, the paired rows and the relative drop of the jailbreak rate; the
     stage-3-only means (``stage3_only``)."""
     rows = []
@@ -177,9 +177,10 @@ def hydra_metric_rows(hydra: pd.DataFrame, experiments: pd.DataFrame, dataset: s
     rows.append({"method": "hydra", "dataset": dataset, "metric": "silent_loo_refusal_logodds_max",
                  "value": float(silent["loo_refusal_logodds"].max()) if len(silent) else float("nan"),
                  "n": len(silent), "setting": "count"})
-    for region, count in verified["woken_region"].value_counts().items():
-        rows.append({"method": "hydra", "dataset": dataset, "metric": f"peak_{region}", "value": float(count),
-                     "n": len(verified), "setting": "position"})
+    for setting, frame in (("position", verified), ("position_silent", silent)):
+        for region, count in frame["woken_region"].value_counts().items():
+            rows.append({"method": "hydra", "dataset": dataset, "metric": f"peak_{region}", "value": float(count),
+                         "n": len(frame), "setting": setting})
     fires_in = verified["woken_regions"].fillna("").str.split(";")
     for region in PEAK_REGIONS:
         rows.append(rate_row("hydra", dataset, f"fires_in_{region}", [region in r for r in fires_in],

@@ -191,17 +191,23 @@ def studyb_markdown(model: str, studyb: pd.DataFrame) -> str:
         if fm_r2 is not None:
             out.append(f"Masks design, {dataset} (held-out masks, R^2): FM {_cell(fm_r2)}, linear {_cell(lin_r2)}.\n")
     out += ["## Hydra latents\n",
-            "| dataset | prompts whose set jailbreaks | silent | silent and critical (verified) | where they peak |",
-            "|---|---|---|---|---|"]
+            "Where a latent peaks with the active part of its set ablated: BOS (sink), the template before the user "
+            "text, the user text, the template after it, or still silent.\n",
+            "| dataset | prompts whose set jailbreaks | silent | silent and critical (verified) | where they peak | "
+            "where every silent one peaks |",
+            "|---|---|---|---|---|---|"]
     for dataset in datasets:
         counts = {m: first(method="hydra", dataset=dataset, metric=m, setting="count")
                   for m in ("silent", "silent_but_critical_verified")}
-        peaks = rows(method="hydra", dataset=dataset, setting="position")
-        peaks = peaks.loc[peaks["metric"].str.startswith("peak_")]
-        where = ", ".join(f"{r.metric.removeprefix('peak_')} {r.value:g}" for r in peaks.itertuples()) or "none"
+        where = []
+        for setting in ("position", "position_silent"):
+            peaks = rows(method="hydra", dataset=dataset, setting=setting)
+            peaks = peaks.loc[peaks["metric"].str.startswith("peak_")]
+            where.append(", ".join(f"{r.metric.removeprefix('peak_')} {r.value:g}" for r in peaks.itertuples())
+                         or "none")
         n = 0 if counts["silent"] is None else int(counts["silent"]["n"])
         out.append(f"| {dataset} | {n} | " + " | ".join("0" if c is None else f"{c['value']:g}" for c in counts.values())
-                   + f" | {where} |")
+                   + f" | {where[0]} | {where[1]} |")
     out.append(f"\nThe study: {ref['hydra_count']} silent-but-critical latents; {ref['hydra_where']}.\n")
     drops = rows(method="hydra", metric="jailbreak_relative_drop")
     if not drops["setting"].isin(list(_BOS_HOLDS)[:2]).any():
@@ -262,15 +268,19 @@ def _redundancy_sentence(rows: Callable[..., pd.DataFrame]) -> str:
     closest = rows(method="hydra", metric="silent_loo_refusal_logodds_max", setting="count")["value"].max()
     if critical == 0 and pd.notna(closest):
         text += (f"; dropping any one of them leaves refusal's first-token log-odds at or below {closest:.2f} "
-                 "(a flip needs > 0): the woken latents are redundant with the rest of the set rather than "
-                 "single backups. A likely reason, not tested here: these sets ablate dozens of latents on a few "
-                 "SAE layers, so several woken latents carry the same signal, where the study's SAEs on every "
-                 "layer of a 2-8B model can leave a single latent carrying it")
+                 "(a flip needs > 0)")
     released = rows(method="hydra", metric="jailbreak_rate", setting="bos_silent_clean")
     none = rows(method="hydra", metric="jailbreak_rate", setting="bos_none")
     if len(released) and len(none):
-        text += (f". Released together after BOS, they bring the jailbreak rate from {none['value'].mean():.2f} "
-                 f"to {released['value'].mean():.2f} (mean over datasets)")
+        before, after = none["value"].mean(), released["value"].mean()
+        text += f". Released together after BOS, they take the jailbreak rate from {before:.2f} to {after:.2f}"
+        text += (" (mean over datasets): together they matter, redundant backups rather than single ones"
+                 if after < before else
+                 " (mean over datasets): the jailbreak needs none of them, even together; they are passengers of "
+                 "the set, not backups. A likely reason, not tested here: the extensions add many latents at "
+                 "once, ranked by a fit on a few dozen random masks, so latents the jailbreak does not need "
+                 "enter the set; the study's sets, on SAEs of every layer of a 2-8B model, leave single woken "
+                 "latents that the jailbreak then depends on")
     return text + ". "
 
 
