@@ -36,6 +36,8 @@ def report_figures():
             names.append("sae_quality")
         if CFG.evaluation.induction_methods:
             names.append("induction")
+        if CFG.stage_datasets("grid"):
+            names.append("grid")
         if CFG.studyb.enabled:
             names += [f"{n}_{d}" for n in ("fm_interactions", "hydra") for d in CFG.stage_datasets("studyb")]
         if CFG.analysis.enabled and CFG.analysis.sources:
@@ -184,6 +186,25 @@ rule report_induction:
         "logs/{model}/report/induction.log",
     benchmark:
         "benchmarks/out/{model}/report_induction.tsv"
+    script:
+        "../workflow_scripts/report_figure.py"
+
+
+rule report_grid:
+    input:
+        grid="results/{model}/metrics/grid.parquet",
+    output:
+        figure_output("grid", "evaluation", "jailbreak rate over the clamp x K* grid"),
+    params:
+        code=code_version("report"),
+        figure="grid",
+        title=lambda w: f"{w.model}: jailbreak rate over the operating points",
+    conda:
+        ENV
+    log:
+        "logs/{model}/report/grid.log",
+    benchmark:
+        "benchmarks/out/{model}/report_grid.tsv"
     script:
         "../workflow_scripts/report_figure.py"
 

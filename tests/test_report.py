@@ -274,11 +274,11 @@ def test_hydra_counts_silent_latents_by_position_and_region(tmp_path):
     assert sum(p.get_height() for p in regions.patches) == 4  # every silent latent
 
 
-@pytest.mark.parametrize("name", ["hydra", "fm_interactions", "category_overlap", "top_features"])
+@pytest.mark.parametrize("name", ["hydra", "fm_interactions", "category_overlap", "top_features", "grid"])
 def test_an_empty_artifact_gives_a_placeholder(tmp_path, name):
     argument = {"hydra": "hydra", "fm_interactions": "weights", "category_overlap": "category_sets",
-                "top_features": "features"}[name]
-    empty = pd.DataFrame(columns=["prompt_id", "model", "term", "silent"])
+                "top_features": "features", "grid": "grid"}[name]
+    empty = pd.DataFrame(columns=["prompt_id", "model", "term", "silent", "metric"])
     fig = report.FIGURES[name](**{argument: empty}, path=tmp_path / "e.png", title="x")
     png_size(tmp_path / "e.png")
     texts = [t for ax in fig.axes for t in ax.texts if t.get_gid() == report.PLACEHOLDER_GID]
@@ -335,7 +335,7 @@ TINY_MODEL = "tiny-organism"
 TINY_FIGURES = {"organism_baseline": "1. Baseline refusal", "sae_quality": "2. SAEs",
                 "direction_candidates": "3. Refusal direction", "top_features": "4. Attribution and feature sets",
                 "faithfulness": "4. Attribution and feature sets", "jailbreak_rates": "5. Evaluation",
-                "induction": "5. Evaluation", "capability": "5. Evaluation", "fm_interactions_harmful": "6. Study B",
+                "induction": "5. Evaluation", "grid": "5. Evaluation", "capability": "5. Evaluation", "fm_interactions_harmful": "6. Study B",
                 "hydra_harmful": "6. Study B", "probes": "7. Harm vs refusal, probes",
                 "category_overlap": "7. Harm vs refusal, probes"}
 """The figures the tiny workflow's config produces (tests/tiny_workflow.py), with their report categories."""
@@ -536,3 +536,21 @@ def test_studyb_markdown_reports_the_silent_group_when_no_latent_is_critical_alo
     assert "at or below -2.20 (a flip needs > 0)" in text
     assert f"Released together after BOS, they take the jailbreak rate from 1.00 to {released:.2f}" in text
     assert reading in text
+
+
+def test_grid_figure_draws_a_curve_per_method_over_each_axis(tmp_path):
+    rows = [{"method": m, "dataset": d, "metric": metric, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 64,
+             "clamp_scale": c, "k_star": k, "judge": "substring"}
+            for d in ("harmbench_test", "strongreject") for m, base in (("ours_global", 0.5), ("cossim", 0.2))
+            for c, k in ((0.0, 20), (-1.0, 20), (-3.0, 20), (-3.0, 10), (-3.0, 30))
+            for metric, v in (("jailbreak_rate", base - c / 10 + k / 100), ("first_token_refusal_logodds", -9.0))]
+    fig = report.grid_figure(pd.DataFrame(rows), tmp_path / "g.png", title="m")
+    panels = data_axes(fig)
+    assert len(panels) == 4  # 2 datasets x (clamp axis, K* axis)
+    clamp_axis, k_axis = panels[0], panels[1]
+    assert clamp_axis.get_title() == "harmbench_test, K* = 20" and k_axis.get_title() == "harmbench_test, clamp -3"
+    ours = clamp_axis.get_lines()[0]
+    assert list(ours.get_xdata()) == [-3.0, -1.0, 0.0]
+    np.testing.assert_allclose(np.asarray(ours.get_ydata(), dtype=float), [0.5 + 0.3 + 0.2, 0.5 + 0.1 + 0.2, 0.5 + 0.2])
+    assert list(k_axis.get_lines()[0].get_xdata()) == [10, 20, 30]
+    assert [t.get_text() for t in clamp_axis.get_legend().get_texts()] == ["ours_global", "cossim"]

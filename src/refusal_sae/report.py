@@ -617,6 +617,37 @@ def induction_figure(induction: pd.DataFrame, path: str | os.PathLike, title: st
     return _save(fig, path)
 
 
+def grid_figure(grid: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Figure:
+    """Jailbreak rate over the operating points (``results/{model}/metrics/grid.parquet``, substring judge):
+    one row per dataset; left, over the clamp scale at the K* with the most clamp values; right, over K* at
+    the clamp with the most K* values. One line per method, Wilson intervals."""
+    frame = grid.loc[grid["metric"] == "jailbreak_rate"]
+    if frame.empty:
+        return _placeholder(path, title, "no grid rows")
+    datasets = _ordered_values(frame["dataset"])
+    clamps_per_k = frame.groupby("k_star")["clamp_scale"].nunique()
+    ks_per_clamp = frame.groupby("clamp_scale")["k_star"].nunique()
+    # The clamp axis at the K* with most clamp values; the K* axis at the clamp with most K* values.
+    axes_spec = [("clamp_scale", "k_star", clamps_per_k.idxmax(), "clamp scale"),
+                 ("k_star", "clamp_scale", ks_per_clamp.idxmax(), "K* (latents in the set)")]
+    fig, axes = _figure(len(datasets), 2, panel=(4.2, 2.8), title=title)
+    for r, dataset in enumerate(datasets):
+        for c, (x, fixed, value, label) in enumerate(axes_spec):
+            ax = axes[r, c]
+            part = frame.loc[(frame["dataset"] == dataset) & (frame[fixed] == value)]
+            for method in _ordered_values(part["method"], METHOD_ORDER):
+                line = part.loc[part["method"] == method].sort_values(x)
+                err = np.clip(np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]), 0, None)
+                ax.errorbar(line[x], line["value"], yerr=err, marker="o", capsize=2, label=method)
+            ax.set_ylim(-0.02, 1.05)
+            ax.set_xlabel(label)
+            ax.set_ylabel("jailbreak rate")
+            fixed_label = f"K* = {int(value)}" if fixed == "k_star" else f"clamp {value:g}"
+            ax.set_title(f"{dataset}, {fixed_label}", fontsize=9)
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 CAPABILITY_ORDER = ["ce_on_policy_response", "ce_generic_text", "first_token_kl"]
 
 
@@ -859,6 +890,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "top_features": top_features_figure,
     "jailbreak_rates": jailbreak_rates_figure,
     "induction": induction_figure,
+    "grid": grid_figure,
     "capability": capability_figure,
     "faithfulness": faithfulness_figure,
     "fm_interactions": fm_interactions_figure,
