@@ -168,25 +168,34 @@ def _hydra_rows(silent: list[bool], critical_verified: list[bool], loo: list[flo
 
 def test_hydra_metrics_pair_every_bos_hold_with_the_set_alone():
     """Four prompts jailbroken by their sets; releasing every silent latent after BOS restores refusal on
-    three of them (a redundant group), the woken hold on none."""
+    three of them (a redundant group), the woken hold on none; a fifth prompt has a verified hydra and
+    only the study's holds, which pair on it alone."""
     hydra = _hydra_rows([True, True, False, True], [False, False, False, False], [-2.5, -0.7, 1.0, -3.0])
+    hydra.loc[hydra["feature"] == 2, "critical"] = True  # flips the first token; generation disagrees
     experiments = pd.DataFrame([
         {"prompt_id": f"q{i}", "experiment": name, "refusal_score": score, "refused": refused, "n_hydras": held,
          "value": float("nan")}
         for i in range(4)
         for name, score, refused, held in (("bos_none", 0.1, False, 0),
                                            ("bos_silent_clean", 0.9 if i else 0.2, i > 0, 3),
-                                           ("bos_silent_woken", 0.1, False, 3))])
+                                           ("bos_silent_woken", 0.1, False, 3))]
+        + [{"prompt_id": "q4", "experiment": name, "refusal_score": 0.5, "refused": name == "bos_clean",
+            "n_hydras": 1, "value": float("nan")} for name in ("bos_none", "bos_clean", "bos_woken")])
     frame = pd.DataFrame(hydra_metric_rows(hydra, experiments, "harmful", seed=0)).set_index(["metric", "setting"])
     assert frame.loc[("silent", "count"), "value"] == 3 and frame.loc[("silent", "count"), "n"] == 2
+    assert frame.loc[("silent_but_critical", "count"), "value"] == 0  # the flipping latent is not silent
     assert frame.loc[("silent_but_critical_verified", "count"), "value"] == 0
     assert frame.loc[("silent_loo_refusal_logodds_max", "count"), "value"] == pytest.approx(-0.7)  # not 1.0: active
     assert frame.loc[("peak_template_suffix", "position_silent"), "value"] == 3
     assert ("peak_template_suffix", "position") not in frame.index  # no verified hydra to place
     assert frame.loc[("jailbreak_rate", "bos_none"), "value"] == 1.0
     assert frame.loc[("jailbreak_rate", "bos_silent_clean"), "value"] == 0.25
+    assert frame.loc[("jailbreak_rate_set_alone", "bos_silent_clean"), "n"] == 4
     assert frame.loc[("jailbreak_relative_drop", "bos_silent_clean"), "value"] == pytest.approx(0.75)
     assert frame.loc[("jailbreak_relative_drop", "bos_silent_woken"), "value"] == 0.0
     diff = frame.loc[("jailbreak_rate_diff", "bos_silent_clean")]
     assert diff["value"] == pytest.approx(-0.75) and diff["first_only"] == 0 and diff["second_only"] == 3
     assert diff["p_value"] == pytest.approx(0.25)  # exact McNemar, 3 discordant pairs all one way
+    clean = frame.loc[("jailbreak_rate_diff", "bos_clean")]
+    assert clean["n"] == 1 and clean["second_only"] == 1  # paired on q4 only
+    assert frame.loc[("jailbreak_relative_drop", "bos_clean"), "value"] == 1.0

@@ -464,7 +464,8 @@ def test_tiny_report_shows_every_figure_in_its_category(finished_run, tmp_path):
 def _studyb_row(method, dataset, metric, value, n, setting, **extra):
     return {"method": method, "dataset": dataset, "metric": metric, "value": value, "n": n, "setting": setting,
             "ci_low": extra.get("ci_low", np.nan), "ci_high": extra.get("ci_high", np.nan),
-            "p_value": extra.get("p_value", np.nan), "baseline": extra.get("baseline")}
+            "p_value": extra.get("p_value", np.nan), "baseline": extra.get("baseline"),
+            "first_only": extra.get("first_only", np.nan), "second_only": extra.get("second_only", np.nan)}
 
 
 def test_studyb_markdown_puts_each_finding_beside_the_study():
@@ -505,52 +506,49 @@ def test_studyb_markdown_says_when_there_is_no_hydra_to_examine():
     rows = [_studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.1", ci_low=0.0, ci_high=0.5),
             _studyb_row("hydra", "harmful", "silent", 0, 0, "count")]
     text = report.studyb_markdown("m", pd.DataFrame(rows))
-    assert "BOS experiment: not run (no verified hydra latent)" in text
+    assert "BOS experiment, harmful: not run (no verified hydra latent)" in text
     assert "| harmful | 0 | 0 | 0 | none | none |" in text
 
 
-@pytest.mark.parametrize(("released", "reading"), [
-    (0.25, "together they matter, redundant backups rather than single ones"),
-    (1.0, "the jailbreak needs none of them, even together; they are passengers of the set, not backups"),
+@pytest.mark.parametrize(("n", "restored", "reading"), [
+    (8, 7, "bring refusal back on 7 of 8 prompts (and break it on 0; McNemar p = 0.0156): together they matter"),
+    (4, 3, "bring refusal back on 3 of 4 prompts (and break it on 0; McNemar p = 0.25): too few prompts to tell"),
+    (4, 0, "bring refusal back on 0 of 4 prompts (and break it on 0; McNemar p = 1): the jailbreak needs none of "
+           "them, even together; they are passengers of the set, not backups"),
 ])
-def test_studyb_markdown_reports_the_silent_group_when_no_latent_is_critical_alone(released, reading):
+def test_studyb_markdown_reports_the_silent_group_when_no_latent_is_critical_alone(n, restored, reading):
+    released = 1 - restored / n
     rows = [_studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.1", ci_low=0.0, ci_high=0.5),
-            _studyb_row("hydra", "harmful", "silent", 14, 4, "count"),
-            _studyb_row("hydra", "harmful", "silent_but_critical_verified", 0, 4, "count"),
+            _studyb_row("hydra", "harmful", "silent", 14, n, "count"),
+            _studyb_row("hydra", "harmful", "silent_but_critical_verified", 0, n, "count"),
             _studyb_row("hydra", "harmful", "silent_loo_refusal_logodds_max", -2.2, 14, "count"),
             _studyb_row("hydra", "harmful", "peak_template_suffix", 9, 14, "position_silent"),
             _studyb_row("hydra", "harmful", "peak_silent", 5, 14, "position_silent"),
-            _studyb_row("hydra", "harmful", "jailbreak_rate", 1.0, 4, "bos_none", ci_low=0.5, ci_high=1.0),
-            _studyb_row("hydra", "harmful", "jailbreak_rate", released, 4, "bos_silent_clean", ci_low=0.05,
+            _studyb_row("hydra", "harmful", "jailbreak_rate", 1.0, n + 1, "bos_none", ci_low=0.5, ci_high=1.0),
+            _studyb_row("hydra", "harmful", "jailbreak_rate", released, n, "bos_silent_clean", ci_low=0.05,
                         ci_high=1.0),
-            _studyb_row("hydra", "harmful", "jailbreak_rate_diff", released - 1, 4, "bos_silent_clean", p_value=0.25),
-            _studyb_row("hydra", "harmful", "jailbreak_relative_drop", 1 - released, 4, "bos_silent_clean",
+            _studyb_row("hydra", "harmful", "jailbreak_rate_set_alone", 1.0, n, "bos_silent_clean", ci_low=0.6,
+                        ci_high=1.0),
+            _studyb_row("hydra", "harmful", "jailbreak_rate_diff", released - 1, n, "bos_silent_clean", p_value=0.5,
+                        first_only=0, second_only=restored),
+            _studyb_row("hydra", "harmful", "jailbreak_relative_drop", 1 - released, n, "bos_silent_clean",
                         baseline="bos_none")]
     text = report.studyb_markdown("m", pd.DataFrame(rows))
-    assert "BOS experiment: not run (no verified hydra latent)" in text  # the study's hydras: none
-    assert "| harmful | 4 | 14 | 0 | none | template_suffix 9, silent 5 |" in text
+    assert "BOS experiment, harmful: not run (no verified hydra latent)" in text  # the study's hydras: none
+    assert f"| harmful | {n} | 14 | 0 | none | template_suffix 9, silent 5 |" in text
+    # The set alone on the prompts the hold ran on (n), not bos_none over every prompt (n + 1).
     assert ("BOS experiment, harmful, every silent latent of the set held at BOS at zero (free after it): jailbreak "
-            f"rate 1.00 [0.50, 1.00] (n=4) with the set ablated, {released:.2f} [0.05, 1.00] (n=4) with the hold; "
-            f"relative drop {1 - released:.2f}, McNemar p = 0.25.") in text
+            f"rate 1.00 [0.60, 1.00] (n={n}) with the set ablated, {released:.2f} [0.05, 1.00] (n={n}) with the "
+            f"hold; relative drop {1 - released:.2f}, McNemar p = 0.5.\n") in text  # no study line: not its hydras
     assert "Of the 14 set latents silent on the clean prompt, 0 are critical alone" in text
     assert "at or below -2.20 (a flip needs > 0)" in text
-    assert f"Released together after BOS, they take the jailbreak rate from 1.00 to {released:.2f}" in text
     assert reading in text
 
 
-def test_grid_figure_draws_a_curve_per_method_over_each_axis(tmp_path):
-    rows = [{"method": m, "dataset": d, "metric": metric, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 64,
-             "clamp_scale": c, "k_star": k, "judge": "substring"}
-            for d in ("harmbench_test", "strongreject") for m, base in (("ours_global", 0.5), ("cossim", 0.2))
-            for c, k in ((0.0, 20), (-1.0, 20), (-3.0, 20), (-3.0, 10), (-3.0, 30))
-            for metric, v in (("jailbreak_rate", base - c / 10 + k / 100), ("first_token_refusal_logodds", -9.0))]
-    fig = report.grid_figure(pd.DataFrame(rows), tmp_path / "g.png", title="m")
-    panels = data_axes(fig)
-    assert len(panels) == 4  # 2 datasets x (clamp axis, K* axis)
-    clamp_axis, k_axis = panels[0], panels[1]
-    assert clamp_axis.get_title() == "harmbench_test, K* = 20" and k_axis.get_title() == "harmbench_test, clamp -3"
-    ours = clamp_axis.get_lines()[0]
-    assert list(ours.get_xdata()) == [-3.0, -1.0, 0.0]
-    np.testing.assert_allclose(np.asarray(ours.get_ydata(), dtype=float), [0.5 + 0.3 + 0.2, 0.5 + 0.1 + 0.2, 0.5 + 0.2])
-    assert list(k_axis.get_lines()[0].get_xdata()) == [10, 20, 30]
-    assert [t.get_text() for t in clamp_axis.get_legend().get_texts()] == ["ours_global", "cossim"]
+def test_studyb_markdown_does_not_call_a_flip_a_non_flip():
+    rows = [_studyb_row("greedy_minimal", "harmful", "jailbreak_rate", 0.0, 4, "tau=0.1", ci_low=0.0, ci_high=0.5),
+            _studyb_row("hydra", "harmful", "silent", 3, 2, "count"),
+            _studyb_row("hydra", "harmful", "silent_but_critical_verified", 0, 2, "count"),
+            _studyb_row("hydra", "harmful", "silent_loo_refusal_logodds_max", 0.35, 3, "count")]
+    text = report.studyb_markdown("m", pd.DataFrame(rows))
+    assert "0 are critical alone" in text and "a flip needs" not in text  # it flipped, generation disagreed

@@ -32,7 +32,7 @@ import torch
 
 from .greedy import ablation_scorer, active_on_prompt
 from .interventions import FeatureEdit, PositionMask, Recorder, SparseAutoencoder, run_until
-from .metrics import mean_row, paired_rows, rate_row
+from .metrics import mean_row, paired_comparisons, rate_row
 from .models import ChatModel
 from .selection import PEAK_REGIONS, position_region
 
@@ -161,10 +161,11 @@ def hydra_metric_rows(hydra: pd.DataFrame, experiments: pd.DataFrame, dataset: s
     """Study B's metrics rows (method ``hydra``) of one dataset from its ``hydra/{dataset}.parquet`` and
     ``_experiments.parquet``: counts of silent, silent-but-critical and verified latents (``setting
     count``, ``n`` = prompts whose set jailbreaks) and the largest leave-one-out refusal log-odds of a
-    silent latent (``n`` = silent latents), the peak regions of the verified ones (``position``) and of
-    every silent one (``position_silent``), the share of verified ones firing in each region, the jailbreak rate of every BOS experiment and, for each hold against
-    ``bos_none`` on the same prompts, the paired rows and the relative drop of the jailbreak rate; the
-    stage-3-only means (``stage3_only``)."""
+    silent latent (``n`` = silent latents); the peak regions of the verified ones (``position``) and of
+    every silent one (``position_silent``), the share of verified ones firing in each region; the
+    jailbreak rate of every BOS experiment and, for each hold against ``bos_none`` on the prompts the hold
+    ran on, the paired rows, ``bos_none``'s rate there (``jailbreak_rate_set_alone``) and the relative
+    drop of the jailbreak rate; the stage-3-only means (``stage3_only``)."""
     rows = []
     silent = hydra.loc[hydra["silent"]]
     verified = silent.loc[silent["critical_verified"].fillna(False).astype(bool)]
@@ -192,16 +193,19 @@ def hydra_metric_rows(hydra: pd.DataFrame, experiments: pd.DataFrame, dataset: s
                              setting=name, n_features=float(group["n_hydras"].mean())))
     none = bos.get("bos_none")
     for name in sorted(set(bos) - {"bos_none"}) if none is not None else []:
-        held = bos[name].loc[none.index]
-        held_jailbroken = (~held["refused"].astype(bool)).tolist()
-        none_jailbroken = (~none["refused"].astype(bool)).tolist()
-        for row in paired_rows(name, "bos_none", dataset, held_jailbroken, none_jailbroken,
-                               held["refusal_score"].tolist(), none["refusal_score"].tolist(), seed=seed):
+        # A hold runs only on some prompts (hydras or silent latents there): pair on those.
+        shared = [pid for pid in bos[name].index if pid in none.index]
+        outcomes = {key: pd.DataFrame({"prompt_id": shared, "jailbroken": ~frame.loc[shared, "refused"].astype(bool),
+                                       "refusal_score": frame.loc[shared, "refusal_score"]})
+                    for key, frame in ((name, bos[name]), ("bos_none", none))}
+        for row in paired_comparisons(outcomes, [name], dataset, "substring", seed):
             rows.append({**row, "method": "hydra", "setting": name})
-        none_rate = float(np.mean(none_jailbroken))
-        drop = (none_rate - float(np.mean(held_jailbroken))) / none_rate if none_rate else float("nan")
-        rows.append({"method": "hydra", "dataset": dataset, "metric": "jailbreak_relative_drop", "value": drop,
-                     "n": len(none), "setting": name, "baseline": "bos_none"})
+        alone = outcomes["bos_none"]["jailbroken"].tolist()
+        rows.append(rate_row("hydra", dataset, "jailbreak_rate_set_alone", alone, setting=name))
+        before, after = float(np.mean(alone)), float(outcomes[name]["jailbroken"].mean())
+        rows.append({"method": "hydra", "dataset": dataset, "metric": "jailbreak_relative_drop",
+                     "value": (before - after) / before if before else float("nan"), "n": len(shared),
+                     "setting": name, "baseline": "bos_none"})
     stage3 = experiments.loc[experiments["experiment"].str.startswith("stage3_only_")]
     for name, group in stage3.groupby("experiment"):
         rows.append(mean_row("hydra", dataset, name.removeprefix("stage3_only_"), group["value"].tolist(),

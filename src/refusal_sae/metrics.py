@@ -384,7 +384,9 @@ def grid_tables(
         for dataset, by_method in {**by_dataset, "pooled": pool_outcomes(by_dataset)}.items():
             for row in paired_comparisons(by_method, references, dataset, "substring", seed):
                 paired.append({**row, "clamp_scale": clamp_scale, "k_star": k_star})
-    return pd.DataFrame(rows), pd.DataFrame(paired, columns=[*PAIRED_COLUMNS, "clamp_scale", "k_star"])
+    grid_columns = ["method", "dataset", "metric", "value", "ci_low", "ci_high", "n", "clamp_scale", "k_star", "judge"]
+    return (pd.DataFrame(rows, columns=grid_columns),
+            pd.DataFrame(paired, columns=[*PAIRED_COLUMNS, "clamp_scale", "k_star"]))
 
 
 def jailbreak_rows(

@@ -109,7 +109,9 @@ def paired_markdown(paired: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The BOS experiment's holds (hydra.bos_hold_edits), as the report words them: the study's (its hydras) first.
+STUDY_BOS_HOLDS = ("bos_clean", "bos_woken")
+"""The BOS experiment's holds of the study (its hydras held at BOS); ``bos_silent_*`` hold every silent latent."""
+# The BOS experiment's holds (hydra.bos_hold_edits), as the report words them, in the order it prints them.
 _BOS_HOLDS = {
     "bos_clean": "the hydras held at BOS at their clean value (zero there, free after it)",
     "bos_woken": "the hydras held at BOS at their woken value (ablated after it)",
@@ -210,16 +212,20 @@ def studyb_markdown(model: str, studyb: pd.DataFrame) -> str:
                    + f" | {where[0]} | {where[1]} |")
     out.append(f"\nThe study: {ref['hydra_count']} silent-but-critical latents; {ref['hydra_where']}.\n")
     drops = rows(method="hydra", metric="jailbreak_relative_drop")
-    if not drops["setting"].isin(list(_BOS_HOLDS)[:2]).any():
-        out.append(f"BOS experiment: not run (no verified hydra latent). The study: {ref['bos_drop']}.\n")
-    for r in drops.itertuples():
+    for dataset in datasets:
+        if not ((drops["dataset"] == dataset) & drops["setting"].isin(STUDY_BOS_HOLDS)).any():
+            out.append(f"BOS experiment, {dataset}: not run (no verified hydra latent). The study: {ref['bos_drop']}.\n")
+    order = {name: i for i, name in enumerate(_BOS_HOLDS)}
+    for r in sorted(drops.itertuples(), key=lambda r: (datasets.index(r.dataset) if r.dataset in datasets else 0,
+                                                       order.get(r.setting, len(order)))):
         held = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate", setting=r.setting)
-        none = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate", setting="bos_none")
+        alone = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate_set_alone", setting=r.setting)
         paired = first(method="hydra", dataset=r.dataset, metric="jailbreak_rate_diff", setting=r.setting)
         p_value = "" if paired is None else f", McNemar p = {paired['p_value']:.3g}"
+        study = f" The study: {ref['bos_drop']}." if r.setting in STUDY_BOS_HOLDS else ""
         out.append(f"BOS experiment, {r.dataset}, {_BOS_HOLDS.get(r.setting, r.setting)}: jailbreak rate "
-                   f"{_cell(none)} with the set ablated, {_cell(held)} with the hold; relative drop {r.value:.2f}"
-                   f"{p_value}. The study: {ref['bos_drop']}.\n")
+                   f"{_cell(alone)} with the set ablated, {_cell(held)} with the hold; relative drop {r.value:.2f}"
+                   f"{p_value}.{study}\n")
     for dataset in datasets:
         off = first(method="hydra", dataset=dataset, metric="switched_off", setting="stage3_only")
         drop = first(method="hydra", dataset=dataset, metric="mean_relative_drop", setting="stage3_only")
@@ -266,21 +272,29 @@ def _redundancy_sentence(rows: Callable[..., pd.DataFrame]) -> str:
     text = (f"Of the {int(silent)} set latents silent on the clean prompt, {int(critical)} "
             f"{'is' if critical == 1 else 'are'} critical alone (the study counts only these as hydras)")
     closest = rows(method="hydra", metric="silent_loo_refusal_logodds_max", setting="count")["value"].max()
-    if critical == 0 and pd.notna(closest):
+    if pd.notna(closest) and closest <= 0:
         text += (f"; dropping any one of them leaves refusal's first-token log-odds at or below {closest:.2f} "
                  "(a flip needs > 0)")
-    released = rows(method="hydra", metric="jailbreak_rate", setting="bos_silent_clean")
-    none = rows(method="hydra", metric="jailbreak_rate", setting="bos_none")
-    if len(released) and len(none):
-        before, after = none["value"].mean(), released["value"].mean()
-        text += f". Released together after BOS, they take the jailbreak rate from {before:.2f} to {after:.2f}"
-        text += (" (mean over datasets): together they matter, redundant backups rather than single ones"
-                 if after < before else
-                 " (mean over datasets): the jailbreak needs none of them, even together; they are passengers of "
-                 "the set, not backups. A likely reason, not tested here: the extensions add many latents at "
-                 "once, ranked by a fit on a few dozen random masks, so latents the jailbreak does not need "
-                 "enter the set; the study's sets, on SAEs of every layer of a 2-8B model, leave single woken "
-                 "latents that the jailbreak then depends on")
+    paired = rows(method="hydra", metric="jailbreak_rate_diff", setting="bos_silent_clean")
+    if len(paired):
+        # Pooled over datasets: the discordant prompts of the release against the set alone.
+        restored, broke = int(paired["second_only"].sum()), int(paired["first_only"].sum())
+        n = int(paired["n"].sum())
+        from .metrics import mcnemar_exact  # torch comes with it: only here, not for every figure job
+
+        p_value = mcnemar_exact([True] * broke + [False] * restored, [False] * broke + [True] * restored)[2]
+        text += (f". Released together after BOS, they bring refusal back on {restored} of {n} prompts "
+                 f"(and break it on {broke}; McNemar p = {p_value:.3g})")
+        if restored + broke == 0:
+            text += (": the jailbreak needs none of them, even together; they are passengers of the set, not "
+                     "backups. A likely reason, not tested here: the extensions add many latents at once, ranked "
+                     "by a fit on a few dozen random masks, so latents the jailbreak does not need enter the set; "
+                     "the study's sets, on SAEs of every layer of a 2-8B model, leave single woken latents that "
+                     "the jailbreak then depends on")
+        elif p_value < 0.05 and restored > broke:
+            text += ": together they matter, redundant backups rather than single ones"
+        else:
+            text += ": too few prompts to tell whether they matter together"
     return text + ". "
 
 
@@ -621,20 +635,20 @@ def grid_figure(grid: pd.DataFrame, path: str | os.PathLike, title: str = "") ->
     """Jailbreak rate over the operating points (``results/{model}/metrics/grid.parquet``, substring judge):
     one row per dataset; left, over the clamp scale at the K* with the most clamp values; right, over K* at
     the clamp with the most K* values. One line per method, Wilson intervals."""
-    frame = grid.loc[grid["metric"] == "jailbreak_rate"]
+    frame = grid.loc[grid["metric"] == "jailbreak_rate"] if "metric" in grid else grid
     if frame.empty:
         return _placeholder(path, title, "no grid rows")
     datasets = _ordered_values(frame["dataset"])
-    clamps_per_k = frame.groupby("k_star")["clamp_scale"].nunique()
-    ks_per_clamp = frame.groupby("clamp_scale")["k_star"].nunique()
-    # The clamp axis at the K* with most clamp values; the K* axis at the clamp with most K* values.
-    axes_spec = [("clamp_scale", "k_star", clamps_per_k.idxmax(), "clamp scale"),
-                 ("k_star", "clamp_scale", ks_per_clamp.idxmax(), "K* (latents in the set)")]
     fig, axes = _figure(len(datasets), 2, panel=(4.2, 2.8), title=title)
     for r, dataset in enumerate(datasets):
+        rows = frame.loc[frame["dataset"] == dataset]
+        # The clamp axis at the K* with most clamp values; the K* axis at the clamp with most K* values.
+        axes_spec = [("clamp_scale", "k_star", rows.groupby("k_star")["clamp_scale"].nunique().idxmax(), "clamp scale"),
+                     ("k_star", "clamp_scale", rows.groupby("clamp_scale")["k_star"].nunique().idxmax(),
+                      "K* (latents in the set)")]
         for c, (x, fixed, value, label) in enumerate(axes_spec):
             ax = axes[r, c]
-            part = frame.loc[(frame["dataset"] == dataset) & (frame[fixed] == value)]
+            part = rows.loc[rows[fixed] == value]
             for method in _ordered_values(part["method"], METHOD_ORDER):
                 line = part.loc[part["method"] == method].sort_values(x)
                 err = np.clip(np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]), 0, None)
