@@ -1,0 +1,45 @@
+"""The benchmark scripts' pure parts, on small hand-made artifacts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(folder: Path, ours: float, cossim: float, diff: float, p: float) -> Path:
+    metrics = folder / "results" / "m" / "metrics"
+    metrics.mkdir(parents=True)
+    pd.DataFrame([
+        {"variant": "held_out", "dataset": "d", "method": method, "judge": judge, "value": value}
+        for method, value in (("ours_global", ours), ("cossim", cossim)) for judge in ("substring", "llm")
+    ]).to_parquet(metrics / "jailbreak.parquet")
+    pd.DataFrame([
+        {"variant": "held_out", "dataset": "d", "method": "ours_global", "baseline": "cossim", "metric": metric,
+         "value": value, "p_value": p}
+        for metric, value in (("jailbreak_rate_diff", diff), ("refusal_logodds_diff", -1.0))
+    ]).to_parquet(metrics / "paired.parquet")
+    return folder
+
+
+def test_seed_spread_summarises_rates_and_paired_differences_over_runs(tmp_path):
+    seed_spread = _script("seed_spread")
+    runs = [_run(tmp_path / "s0", 0.9, 0.7, 0.2, 0.01), _run(tmp_path / "s1", 0.8, 0.8, 0.0, 1.0),
+            _run(tmp_path / "s2", 1.0, 0.6, 0.4, 0.001)]
+    rates = seed_spread.spread(runs, "m").set_index("method")
+    assert rates.loc["ours_global", "mean"] == pytest.approx(0.9) and rates.loc["ours_global", "count"] == 3
+    assert rates.loc["cossim", "std"] == pytest.approx(0.1)  # the llm judge's rows are not mixed in
+    paired = seed_spread.paired_spread(runs, "m").set_index("baseline").loc["cossim"]
+    assert paired["mean"] == pytest.approx(0.2) and paired["min"] == 0.0 and paired["max"] == 0.4
+    assert paired["runs_ours_better_p05"] == 2 and paired["runs_ours_worse_p05"] == 0
