@@ -209,15 +209,20 @@ def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, i
     ``second`` only) and the exact binomial p-value of their split under H0 (each discordant pair
     equally likely either way); ``p = 1`` when there is no discordant pair.
     """
-    from scipy.stats import binomtest
-
     a, b = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired outcomes must be two equal-length 1-D sequences, got {a.shape} and {b.shape}")
     first_only, second_only = int((a & ~b).sum()), int((~a & b).sum())
+    return first_only, second_only, mcnemar_p(first_only, second_only)
+
+
+def mcnemar_p(first_only: int, second_only: int) -> float:
+    """The exact two-sided McNemar p-value from the discordant counts (:func:`mcnemar_exact`), e.g. counts
+    summed over datasets; 1 when there is no discordant pair."""
+    from scipy.stats import binomtest
+
     discordant = first_only + second_only
-    p = binomtest(first_only, discordant, 0.5).pvalue if discordant else 1.0
-    return first_only, second_only, float(p)
+    return float(binomtest(first_only, discordant, 0.5).pvalue) if discordant else 1.0
 
 
 def paired_bootstrap(

@@ -280,9 +280,9 @@ def _redundancy_sentence(rows: Callable[..., pd.DataFrame]) -> str:
         # Pooled over datasets: the discordant prompts of the release against the set alone.
         restored, broke = int(paired["second_only"].sum()), int(paired["first_only"].sum())
         n = int(paired["n"].sum())
-        from .metrics import mcnemar_exact  # torch comes with it: only here, not for every figure job
+        from .metrics import mcnemar_p  # torch comes with it: only here, not for every figure job
 
-        p_value = mcnemar_exact([True] * broke + [False] * restored, [False] * broke + [True] * restored)[2]
+        p_value = mcnemar_p(broke, restored)
         text += (f". Released together after BOS, they bring refusal back on {restored} of {n} prompts "
                  f"(and break it on {broke}; McNemar p = {p_value:.3g})")
         if restored + broke == 0:
