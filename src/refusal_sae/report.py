@@ -595,6 +595,15 @@ INDUCTION_METRICS = (("refusal_induction", "refusal rate (harmless prompts)"),
                      ("first_token_refusal_logodds", "first-token refusal log-odds"))
 
 
+def _method_lines(ax: Axes, frame: pd.DataFrame, x: str) -> None:
+    """One line per method of ``frame`` (value over column ``x``, interval bars), methods in report order."""
+    for method in _ordered_values(frame["method"], METHOD_ORDER):
+        line = frame.loc[frame["method"] == method].sort_values(x)
+        err = np.nan_to_num(np.clip(np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]),
+                                    0, None))
+        ax.errorbar(line[x], line["value"], yerr=err, marker="o", capsize=2, label=method)
+
+
 def induction_figure(induction: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Figure:
     """Refusal induced on harmless prompts over the set value (``results/{model}/metrics/induction.parquet``).
 
@@ -615,11 +624,7 @@ def induction_figure(induction: pd.DataFrame, path: str | os.PathLike, title: st
         for c, kind in enumerate(kinds):
             ax = axes[r, c]
             part = frame.loc[(frame["metric"] == metric) & (frame["kind"] == kind)]
-            for method in _ordered_values(part["method"], METHOD_ORDER):
-                line = part.loc[part["method"] == method].sort_values("set_value")
-                err = np.nan_to_num(np.clip(np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]),
-                                            0, None))
-                ax.errorbar(line["set_value"], line["value"], yerr=err, marker="o", capsize=2, label=method)
+            _method_lines(ax, part, "set_value")
             if metric == "refusal_induction":
                 ax.set_ylim(-0.02, 1.05)
             else:
@@ -649,10 +654,7 @@ def grid_figure(grid: pd.DataFrame, path: str | os.PathLike, title: str = "") ->
         for c, (x, fixed, value, label) in enumerate(axes_spec):
             ax = axes[r, c]
             part = rows.loc[rows[fixed] == value]
-            for method in _ordered_values(part["method"], METHOD_ORDER):
-                line = part.loc[part["method"] == method].sort_values(x)
-                err = np.clip(np.vstack([line["value"] - line["ci_low"], line["ci_high"] - line["value"]]), 0, None)
-                ax.errorbar(line[x], line["value"], yerr=err, marker="o", capsize=2, label=method)
+            _method_lines(ax, part, x)
             ax.set_ylim(-0.02, 1.05)
             ax.set_xlabel(label)
             ax.set_ylabel("jailbreak rate")
