@@ -15,6 +15,7 @@ from refusal_sae.greedy import woken_latents
 from refusal_sae.hydra import (
     activations_under,
     bos_hold_edits,
+    hold_is_set_ablation,
     hydra_metric_rows,
     hydra_table,
     stage3_only_deactivation,
@@ -147,6 +148,20 @@ def test_bos_hold_and_stage3_only_ablation(planted):
     assert numbers == {"switched_off": 1.0, "mean_relative_drop": pytest.approx(1.0), "n_active": 1.0}
     numbers = stage3_only_deactivation(chat, saes, PROMPT, reader, MEMBERS.iloc[[2]])
     assert numbers == {"switched_off": 0.0, "mean_relative_drop": pytest.approx(0.0, abs=1e-6), "n_active": 1.0}
+
+
+def test_a_woken_hold_at_zero_is_the_set_ablation_and_reuses_its_run(planted):
+    chat, saes = planted
+    alone = bos_hold_edits(saes, MEMBERS, MEMBERS.iloc[0:0].assign(bos_activation=0.0), "woken")
+    at_zero = MEMBERS.iloc[[1, 2]].assign(bos_activation=0.0)
+    assert hold_is_set_ablation(at_zero, "woken")
+    scores = [float(refusal_scores(chat, [PROMPT], edits)[0][0])
+              for edits in (alone, bos_hold_edits(saes, MEMBERS, at_zero, "woken"))]
+    assert scores[1] == pytest.approx(scores[0], abs=1e-5)
+    # A nonzero BOS value, the clean reading or nothing held is a different run.
+    assert not hold_is_set_ablation(at_zero.assign(bos_activation=[0.0, 1.5]), "woken")
+    assert not hold_is_set_ablation(at_zero, "clean")
+    assert not hold_is_set_ablation(at_zero.iloc[0:0], "woken")
 
 
 def test_woken_latents_are_the_silent_ones_that_fire_once_the_set_is_ablated(planted):

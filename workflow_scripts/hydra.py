@@ -9,7 +9,13 @@ import pandas as pd
 
 from refusal_sae.generation import generate_scored
 from refusal_sae.greedy import intersect_orders
-from refusal_sae.hydra import HYDRA_COLUMNS, bos_hold_edits, hydra_table, stage3_only_deactivation
+from refusal_sae.hydra import (
+    HYDRA_COLUMNS,
+    bos_hold_edits,
+    hold_is_set_ablation,
+    hydra_table,
+    stage3_only_deactivation,
+)
 from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.methods import feature_edit
@@ -58,11 +64,15 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
     # and generated beside them (batch 1).
     holds = {"": hydras, "silent_": silent if len(silent) > len(hydras) else silent.iloc[0:0]}
     if any(len(held) for held in holds.values()):
+        _, *set_alone = judged(prompt, bos_hold_edits(saes, full, silent.iloc[0:0], "woken"))
         runs = [("bos_none", silent.iloc[0:0], "woken")]
         runs += [(f"bos_{group}{reading}", held, reading) for group, held in holds.items() if len(held)
                  for reading in ("clean", "woken")]
         for name, held, reading in runs:
-            text, score, refused = judged(prompt, bos_hold_edits(saes, full, held, reading))
+            if name == "bos_none" or hold_is_set_ablation(held, reading):
+                score, refused = set_alone
+            else:
+                _, score, refused = judged(prompt, bos_hold_edits(saes, full, held, reading))
             experiments.append({"prompt_id": pid, "experiment": name, "refusal_score": score,
                                 "refused": refused, "n_hydras": len(held), "value": float("nan")})
     mine = minimal.loc[minimal["prompt_id"] == pid, ["layer", "feature"]]

@@ -139,6 +139,13 @@ def bos_hold_edits(
     return edits
 
 
+def hold_is_set_ablation(hydras: pd.DataFrame, reading: str) -> bool:
+    """Whether :func:`bos_hold_edits` with these ``hydras`` and ``reading`` is the set's ablation itself: a
+    ``"woken"`` hold of latents whose BOS activation is zero sets them to zero at BOS and ablates them
+    after it, so its generation is the set ablation's (``bos_none``) and need not be run again."""
+    return reading == "woken" and len(hydras) > 0 and bool((hydras["bos_activation"] == 0).all())
+
+
 @torch.no_grad()
 def stage3_only_deactivation(
     chat: ChatModel, saes: Mapping[int, SparseAutoencoder], prompt: str, minimal: pd.DataFrame, additions: pd.DataFrame,
