@@ -33,9 +33,10 @@ minimal = intersect_orders(read_parquet(smk.input.greedy))
 minimal = minimal.loc[minimal["tau"] == cfg.studyb.stage3_tau]
 
 
-def judged(prompt: str, edits: list) -> tuple[str, float, bool]:
+def judged(prompt: str, edits: list) -> tuple[float, bool]:
+    """The first-token refusal score and the substring verdict of the greedy completion under ``edits``."""
     (text,), scores = generate_scored(chat, [prompt], edits, cfg.evaluation.max_new_tokens, 1, progress=False)
-    return text, float(scores[0]), substring_judge([text], cfg.evaluation.judge_ignore_case)[0]
+    return float(scores[0]), substring_judge([text], cfg.evaluation.judge_ignore_case)[0]
 
 
 def zeroed(members: pd.DataFrame, pid: str) -> list:
@@ -54,7 +55,7 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
     for i in table.index[table["critical"]]:
         rest = full.merge(table.loc[[i], ["layer", "feature"]], how="left", indicator=True)
         rest = rest.loc[rest["_merge"] == "left_only", ["layer", "feature"]]
-        table.loc[i, "critical_verified"] = judged(prompt, zeroed(rest, pid) if len(rest) else [])[2]
+        table.loc[i, "critical_verified"] = judged(prompt, zeroed(rest, pid) if len(rest) else [])[1]
     tables.append(table)
     verified = table["critical_verified"].fillna(False).astype(bool)
     silent = table.loc[table["silent"]]
@@ -64,7 +65,7 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
     # and generated beside them (batch 1).
     holds = {"": hydras, "silent_": silent if len(silent) > len(hydras) else silent.iloc[0:0]}
     if any(len(held) for held in holds.values()):
-        _, *set_alone = judged(prompt, bos_hold_edits(saes, full, silent.iloc[0:0], "woken"))
+        set_alone = judged(prompt, bos_hold_edits(saes, full, silent.iloc[0:0], "woken"))
         runs = [("bos_none", silent.iloc[0:0], "woken")]
         runs += [(f"bos_{group}{reading}", held, reading) for group, held in holds.items() if len(held)
                  for reading in ("clean", "woken")]
@@ -72,7 +73,7 @@ for pid, prompt in zip(rows["prompt_id"], rows["prompt"], strict=True):
             if name == "bos_none" or hold_is_set_ablation(held, reading):
                 score, refused = set_alone
             else:
-                _, score, refused = judged(prompt, bos_hold_edits(saes, full, held, reading))
+                score, refused = judged(prompt, bos_hold_edits(saes, full, held, reading))
             experiments.append({"prompt_id": pid, "experiment": name, "refusal_score": score,
                                 "refused": refused, "n_hydras": len(held), "value": float("nan")})
     mine = minimal.loc[minimal["prompt_id"] == pid, ["layer", "feature"]]
