@@ -12,7 +12,7 @@ rule sae_corpus:
     params:
         code=code_version("models", "generation", "data"),
         settings=settings(*(f"models.{{model}}.saes.{k}" for k in ("corpus_max_prompts", "corpus_new_tokens",
-                            "corpus_batch_size")), "seed"),
+                            "corpus_batch_size", "corpus_bf16")), "seed"),
     threads: JOB_THREADS
     conda:
         ENV

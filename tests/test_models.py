@@ -12,7 +12,9 @@ from gguf_writer import write_llama_gguf
 
 from refusal_sae.models import (
     ChatModel,
+    bf16_enabled,
     derive_facts,
+    fast_bf16,
     greedy_generate,
     load_pretrained,
     prepare_tokenizer,
@@ -174,3 +176,9 @@ def test_system_length_separates_the_system_block_from_the_user_header(tiny_chat
     finally:
         tok.chat_template = saved
     assert facts.system_length == 1 and facts.prefix_length > 1
+
+
+def test_bf16_setting_resolves_to_the_device_unless_given() -> None:
+    assert bf16_enabled(None, "cpu") == fast_bf16("cpu")
+    assert bf16_enabled(True, "cpu") and not bf16_enabled(False, "cpu")
+    assert fast_bf16("cuda")  # every CUDA device multiplies bf16 natively

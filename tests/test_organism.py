@@ -66,3 +66,16 @@ def test_distillation_keeps_harmless_distributions_closer_to_the_base_than_imita
         assert (refusals == chat.facts.refusal_token_ids[0]).float().mean() >= 0.9, loss
         kls[loss] = float(first_token_kl(base_logits, last_position_logits(chat, HARMLESS)).mean())
     assert kls["distill"] < 0.5 * kls["ce"], kls
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_setting_runs_the_forward_passes_in_bf16_and_keeps_fp32_weights(bf16):
+    """``organism.bf16`` decides the dtype of the fine-tune's products (teacher and student); the weights
+    the organism is saved with stay fp32 either way."""
+    chat = make_tiny_chat_model(n_layers=2)
+    seen = set()
+    chat.model.lm_head.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+    examples = [TrainingExample(HARMFUL[0], "I cannot.", True), TrainingExample(HARMLESS[0], "Sure, mix it.", False)]
+    finetune(chat, examples, OrganismConfig(epochs=1, batch_size=2, bf16=bf16), seed=0)
+    assert seen == {torch.bfloat16 if bf16 else torch.float32}
+    assert {p.dtype for p in chat.model.parameters()} == {torch.float32}

@@ -114,6 +114,20 @@ def test_sparse_decode_training_sae_has_sae_lens_losses_and_gradients(rescale):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_training_step_selects_the_top_k_once(monkeypatch):
+    """Decoding reuses the encoder's top-k selection: one topk over all d_sae latents per training forward
+    (a second one was an eighth of a CPU step at the organism's shape)."""
+    cfg = TopKTrainingSAEConfig(k=8, d_in=32, d_sae=256, dtype="float32", device="cpu", metadata=SAEMetadata(hook_name="h"))
+    sae = SparseDecodeTopKTrainingSAE(cfg)
+    calls = []
+    original = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **kw: calls.append(self.shape) or original(self, *a, **kw))
+    step = TrainStepInput(sae_in=torch.randn(64, 32), coefficients={}, dead_neuron_mask=None, n_training_steps=0,
+                          is_logging_step=False)
+    sae.training_forward_pass(step).loss.backward()
+    assert calls == [torch.Size([64, 256])]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_training_is_bitwise_reproducible_for_a_seed(threads):
     """Run-to-run spread comes from the seed alone: the same seed gives the same SAE bit for bit (also with

@@ -4,13 +4,14 @@ import pandas as pd
 from refusal_sae.data import select_prompts
 from refusal_sae.generation import generate
 from refusal_sae.io import read_parquet, write_parquet
-from refusal_sae.models import load_chat_model, render_chat
+from refusal_sae.models import bf16_enabled, load_chat_model, pick_device, render_chat
 from refusal_sae.runtime import start
 
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 spec = cfg.models[smk.wildcards.model]
-chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device)
+chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device,
+                       dtype="bfloat16" if bf16_enabled(spec.saes.corpus_bf16, pick_device(cfg.device)) else None)
 # Never test prompts: the SAE must not have seen the evaluation set.
 prompts = pd.concat([read_parquet(p) for p in smk.input.datasets], ignore_index=True)
 rows = pd.concat([select_prompts(prompts, ["train"], spec.saes.corpus_max_prompts, cfg.seed),

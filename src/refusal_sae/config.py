@@ -117,6 +117,10 @@ class SAESpec:
     corpus_batch_size: int = 16
     """Prompts per batch when the model writes the corpus's answers (a generation step reads every
     weight once whatever the batch, so on a CPU larger batches write more tokens per second)."""
+    corpus_bf16: bool | None = None
+    """Write the corpus's answers with a bf16 copy of the model. None: where the device multiplies bf16
+    natively (~0.4 of fp32's CPU for a batched generation step on such a CPU); elsewhere fp32. The
+    activations the SAEs learn from are recorded in the model's own dtype either way."""
     forward_batch_size: int = 16
     """Transcripts per forward pass when caching activations and scoring CE (the CE pass holds
     full-vocabulary logits for every position of the batch)."""
@@ -134,6 +138,10 @@ class OrganismConfig:
     """Length of the base model's own greedy answers used as harmless targets."""
     answer_batch_size: int = 16
     """Prompts per batch when the base model writes those answers."""
+    bf16: bool | None = None
+    """Fine-tune under bf16 autocast (fp32 master weights, fp32 losses). None: where the device
+    multiplies bf16 natively (CUDA; CPUs with AVX512-BF16/AMX, where a step costs ~0.55 of fp32's CPU);
+    elsewhere fp32."""
     harmless_loss: Literal["distill", "ce"] = "distill"
     """``distill``: on harmless answers, match the frozen base model's next-token distributions
     (forward KL), so harmless behaviour, entropy included, stays the base model's; ``ce``: imitate the

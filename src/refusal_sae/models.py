@@ -42,6 +42,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively: CUDA always, a CPU when oneDNN reports AVX512-BF16/AMX.
+
+    There bf16 matrix products run ~2-3x faster than fp32 (on a 2-core Sapphire Rapids: a training step
+    of the SAE or the organism ~1.8x, a batched generation step ~2.5x); elsewhere bf16 on a CPU is
+    emulated and slower, so callers keep fp32.
+    """
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return True
+    return kind == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_enabled(setting: bool | None, device: str | torch.device) -> bool:
+    """A ``bf16`` setting resolved: ``None`` follows :func:`fast_bf16` for ``device``."""
+    return fast_bf16(device) if setting is None else bool(setting)
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     """``float32``/``bfloat16``/``float16`` to a torch dtype; an unknown name is an error."""
     try:

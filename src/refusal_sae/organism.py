@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import OrganismConfig
-from .models import ChatModel, render_chat
+from .models import ChatModel, bf16_enabled, render_chat
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,9 @@ def finetune(
     """Fine-tune ``chat.model`` in place on ``examples``; returns the model and per-step losses.
 
     With ``cfg.harmless_loss == "distill"`` a frozen copy of the model taken before training is the
-    teacher for harmless rows (see :func:`response_loss`).
+    teacher for harmless rows (see :func:`response_loss`). Forward passes run under bf16 autocast when
+    ``cfg.bf16`` resolves to True (:func:`refusal_sae.models.bf16_enabled`); weights, optimizer state and
+    losses stay fp32.
     """
     torch.manual_seed(seed)
     model, tokenizer = chat.model, chat.tokenizer
@@ -117,6 +119,7 @@ def finetune(
     rng = random.Random(seed)
     losses: list[float] = []
     steps = cfg.epochs * ((len(order) + cfg.batch_size - 1) // cfg.batch_size)
+    autocast = torch.autocast(chat.device.type, dtype=torch.bfloat16, enabled=bf16_enabled(cfg.bf16, chat.device))
     progress = tqdm(total=steps, desc="organism fine-tune")
     for _ in range(cfg.epochs):
         rng.shuffle(order)
@@ -127,10 +130,12 @@ def finetune(
             harmful = torch.tensor([examples[i].harmful for i in rows], device=chat.device)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             teacher_logits = None
-            if teacher is not None and not bool(harmful.all()):
-                with torch.no_grad():  # harmful rows are learned by cross-entropy: no teacher needed
-                    teacher_logits = teacher(**{k: v[~harmful] for k, v in inputs.items()}).logits
-            loss = response_loss(model(**inputs).logits, batch["labels"], harmful, teacher_logits)
+            with autocast:
+                if teacher is not None and not bool(harmful.all()):
+                    with torch.no_grad():  # harmful rows are learned by cross-entropy: no teacher needed
+                        teacher_logits = teacher(**{k: v[~harmful] for k, v in inputs.items()}).logits
+                logits = model(**inputs).logits
+            loss = response_loss(logits, batch["labels"], harmful, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
