@@ -12,6 +12,7 @@ from gguf_writer import write_llama_gguf
 
 from refusal_sae.models import (
     ChatModel,
+    bf16_copy,
     bf16_enabled,
     derive_facts,
     fast_bf16,
@@ -182,3 +183,11 @@ def test_bf16_setting_resolves_to_the_device_unless_given() -> None:
     assert bf16_enabled(None, "cpu") == fast_bf16("cpu")
     assert bf16_enabled(True, "cpu") and not bf16_enabled(False, "cpu")
     assert fast_bf16("cuda")  # every CUDA device multiplies bf16 natively
+
+
+def test_bf16_copy_writes_in_bf16_and_leaves_the_model_alone(tiny_chat: ChatModel) -> None:
+    copy = bf16_copy(tiny_chat)
+    assert {p.dtype for p in copy.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in tiny_chat.model.parameters()} == {torch.float32}
+    assert copy.tokenizer is tiny_chat.tokenizer and copy.facts == tiny_chat.facts
+    assert len(greedy_generate(copy, PROMPTS[:2], max_new_tokens=3)) == 2

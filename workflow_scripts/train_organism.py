@@ -6,7 +6,7 @@ import pandas as pd
 from refusal_sae.data import select_prompts
 from refusal_sae.generation import generate
 from refusal_sae.io import read_parquet, write_parquet
-from refusal_sae.models import load_chat_model, save_hf_directory, write_manifest
+from refusal_sae.models import bf16_copy, bf16_enabled, load_chat_model, save_hf_directory, write_manifest
 from refusal_sae.organism import build_examples, finetune
 from refusal_sae.runtime import start
 
@@ -22,9 +22,11 @@ harmless = pd.concat([f for f in frames.values() if (f["label"] == "harmless").a
 harmful = select_prompts(harmful, ["train"], spec.organism.max_harmful, cfg.seed)
 harmless = select_prompts(harmless, ["train"], spec.organism.max_harmless, cfg.seed)
 
-answers = generate(base, list(harmless["prompt"]), max_new_tokens=spec.organism.harmless_answer_tokens,
+writer = bf16_copy(base) if bf16_enabled(spec.organism.bf16, base.device) else base
+answers = generate(writer, list(harmless["prompt"]), max_new_tokens=spec.organism.harmless_answer_tokens,
                    batch_size=spec.organism.answer_batch_size)
 examples = build_examples(list(harmful["prompt"]), list(harmless["prompt"]), answers, spec.organism, cfg.seed)
+del writer
 model, losses = finetune(base, examples, spec.organism, cfg.seed)
 
 out_dir = Path(smk.output.manifest).parent

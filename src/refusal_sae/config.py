@@ -139,8 +139,9 @@ class OrganismConfig:
     answer_batch_size: int = 16
     """Prompts per batch when the base model writes those answers."""
     bf16: bool | None = None
-    """Fine-tune under bf16 autocast (fp32 master weights, fp32 losses). None: where the device
-    multiplies bf16 natively (CUDA; CPUs with AVX512-BF16/AMX, where a step costs ~0.55 of fp32's CPU);
+    """Write the harmless answers with a bf16 copy of the base model and fine-tune under bf16 autocast
+    (fp32 master weights, fp32 losses). None: where the device multiplies bf16 natively (CUDA; CPUs with
+    AVX512-BF16/AMX, where a fine-tune step costs ~0.6 of fp32's CPU and a generation step ~0.4);
     elsewhere fp32."""
     harmless_loss: Literal["distill", "ce"] = "distill"
     """``distill``: on harmless answers, match the frozen base model's next-token distributions
