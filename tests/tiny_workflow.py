@@ -82,10 +82,13 @@ def tiny_config(tmp: Path) -> dict:
             "tiny-organism": {
                 "source": {"type": "organism", "base": "tiny"},
                 "organism": {"epochs": 25, "batch_size": 8, "lr": 5.0e-3, "freeze_embeddings": False,
-                             "harmless_answer_tokens": 8, "answer_batch_size": 8},
+                             "harmless_answer_tokens": 8, "answer_batch_size": 8,
+                             # fp32 on every machine: the tiny organism's asserted behaviour (25 epochs
+                             # at lr 5e-3) is fp32's; under bf16 autocast its direction no longer jailbreaks.
+                             "bf16": False},
                 "saes": {"type": "train", "layers": [1, 2], "width_multiplier": 4, "k": 4,
                          "training_tokens": 8192, "batch_size": 256, "lr": 1.0e-3, "max_length": 64,
-                         "corpus_new_tokens": 8, "corpus_batch_size": 8,
+                         "corpus_new_tokens": 8, "corpus_batch_size": 8, "corpus_bf16": False,
                          "forward_batch_size": 8},
                 "direction_layer": 2,
                 "direction_position": -1,
