@@ -50,7 +50,7 @@ rule train_sae:
     output:
         "resources/saes/{model}/layer_{layer}/cfg.json",
     params:
-        code=code_version("sae_training"),
+        code=code_version("sae_training", "models"),
         settings=settings(*(f"models.{{model}}.saes.{k}" for k in SAE_TRAINING_KEYS), "seed"),
     threads: JOB_THREADS
     conda:

@@ -182,7 +182,14 @@ def test_system_length_separates_the_system_block_from_the_user_header(tiny_chat
 def test_bf16_setting_resolves_to_the_device_unless_given() -> None:
     assert bf16_enabled(None, "cpu") == fast_bf16("cpu")
     assert bf16_enabled(True, "cpu") and not bf16_enabled(False, "cpu")
-    assert fast_bf16("cuda")  # every CUDA device multiplies bf16 natively
+
+
+
+@pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_is_native_on_gpus_from_ampere_on(monkeypatch, capability, native) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert fast_bf16("cuda") is native
 
 
 def test_bf16_copy_writes_in_bf16_and_leaves_the_model_alone(tiny_chat: ChatModel) -> None:

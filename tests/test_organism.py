@@ -60,7 +60,7 @@ def test_distillation_keeps_harmless_distributions_closer_to_the_base_than_imita
     kls = {}
     for loss in ("distill", "ce"):
         chat = make_tiny_chat_model(n_layers=2)
-        finetune(chat, examples, OrganismConfig(epochs=25, batch_size=8, lr=5e-3, freeze_embeddings=False,
+        finetune(chat, examples, OrganismConfig(epochs=25, batch_size=8, lr=5e-3, freeze_embeddings=False, bf16=False,
                                                 harmless_loss=loss), seed=0)
         refusals = last_position_logits(chat, HARMFUL).argmax(-1)
         assert (refusals == chat.facts.refusal_token_ids[0]).float().mean() >= 0.9, loss

@@ -13,6 +13,7 @@ from sae_lens import (
     TopKTrainingSAEConfig,
 )
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from refusal_sae.config import SAESpec
 from refusal_sae.interventions import decoder_layers
@@ -114,18 +115,46 @@ def test_sparse_decode_training_sae_has_sae_lens_losses_and_gradients(rescale):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_training_step_selects_the_top_k_once(monkeypatch):
-    """Decoding reuses the encoder's top-k selection: one topk over all d_sae latents per training forward
-    (a second one was an eighth of a CPU step at the organism's shape)."""
-    cfg = TopKTrainingSAEConfig(k=8, d_in=32, d_sae=256, dtype="float32", device="cpu", metadata=SAEMetadata(hook_name="h"))
-    sae = SparseDecodeTopKTrainingSAE(cfg)
-    calls = []
-    original = torch.Tensor.topk
-    monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **kw: calls.append(self.shape) or original(self, *a, **kw))
-    step = TrainStepInput(sae_in=torch.randn(64, 32), coefficients={}, dead_neuron_mask=None, n_training_steps=0,
+class _CountTopk(TorchDispatchMode):
+    """Counts every topk torch runs (method or function, whoever calls it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.topk.default:
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def _training_step(sae, x):
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0,
                           is_logging_step=False)
-    sae.training_forward_pass(step).loss.backward()
-    assert calls == [torch.Size([64, 256])]
+    out = sae.training_forward_pass(step)
+    out.loss.backward()
+    return out
+
+
+def test_training_step_selects_the_top_k_once():
+    """Decoding reuses the encoder's top-k selection: one topk over all d_sae latents per training forward
+    without dead latents (a second one was an eighth of a CPU step at the organism's shape)."""
+    cfg = TopKTrainingSAEConfig(k=8, d_in=32, d_sae=256, dtype="float32", device="cpu", metadata=SAEMetadata(hook_name="h"))
+    with _CountTopk() as counter:
+        _training_step(SparseDecodeTopKTrainingSAE(cfg), torch.randn(64, 32))
+    assert counter.shapes == [(64, 256)]
+
+
+def test_a_hook_that_edits_the_activations_is_decoded():
+    """A hook on the activations that replaces or edits them in place is what decode sees, as in sae-lens."""
+    cfg = TopKTrainingSAEConfig(k=8, d_in=32, d_sae=256, dtype="float32", device="cpu", metadata=SAEMetadata(hook_name="h"))
+    x = torch.randn(16, 32)
+    for edit in (lambda module, args, out: out * 0, lambda module, args, out: out.mul_(0)):
+        sae = SparseDecodeTopKTrainingSAE(cfg)
+        handle = sae.hook_sae_acts_post.register_forward_hook(edit)
+        out = _training_step(sae, x)
+        handle.remove()
+        torch.testing.assert_close(out.sae_out, sae.b_dec.detach().expand_as(out.sae_out))
 
 
 @pytest.mark.parametrize("threads", [1, 2])

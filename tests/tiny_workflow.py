@@ -65,7 +65,8 @@ def compliant_tiny_model():
     chat = make_tiny_chat_model(n_layers=4, d_model=64)
     prompts = [line for words in (HARMFUL_WORDS, HARMLESS_WORDS) for line in _prompts(words).splitlines()]
     examples = [TrainingExample(p, "Sure, here are the steps: first, second, third.", False) for p in prompts]
-    finetune(chat, examples, OrganismConfig(epochs=4, batch_size=8, lr=5e-3, freeze_embeddings=False, harmless_loss="ce"),
+    finetune(chat, examples, OrganismConfig(epochs=4, batch_size=8, lr=5e-3, freeze_embeddings=False, harmless_loss="ce",
+                                            bf16=False),
              seed=0)
     return chat
 

@@ -10,8 +10,8 @@ from refusal_sae.runtime import start
 smk = snakemake  # noqa: F821
 cfg = start(smk.log[0], smk.threads, smk.config)
 spec = cfg.models[smk.wildcards.model]
-chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device,
-                       dtype="bfloat16" if bf16_enabled(spec.saes.corpus_bf16, pick_device(cfg.device)) else None)
+bf16 = bf16_enabled(spec.saes.corpus_bf16, pick_device(cfg.device))
+chat = load_chat_model(smk.input.model, spec.refusal_tokens, cfg.device, dtype="bfloat16" if bf16 else None)
 # Never test prompts: the SAE must not have seen the evaluation set.
 prompts = pd.concat([read_parquet(p) for p in smk.input.datasets], ignore_index=True)
 rows = pd.concat([select_prompts(prompts, ["train"], spec.saes.corpus_max_prompts, cfg.seed),
@@ -24,4 +24,4 @@ frame = pd.DataFrame({
     "role": ["heldout" if s == "val" else "train" for s in rows["split"]],
     "response": responses, "text": texts,
 })
-write_parquet(frame, smk.output[0], {"model": smk.wildcards.model})
+write_parquet(frame, smk.output[0], {"model": smk.wildcards.model, "bf16": bf16})

@@ -1,4 +1,5 @@
 """Entry script: fine-tune the base model into a refusal organism (resources/models/{model}/)."""
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,12 +23,13 @@ harmless = pd.concat([f for f in frames.values() if (f["label"] == "harmless").a
 harmful = select_prompts(harmful, ["train"], spec.organism.max_harmful, cfg.seed)
 harmless = select_prompts(harmless, ["train"], spec.organism.max_harmless, cfg.seed)
 
-writer = bf16_copy(base) if bf16_enabled(spec.organism.bf16, base.device) else base
+bf16 = bf16_enabled(spec.organism.bf16, base.device)
+writer = bf16_copy(base) if bf16 else base
 answers = generate(writer, list(harmless["prompt"]), max_new_tokens=spec.organism.harmless_answer_tokens,
                    batch_size=spec.organism.answer_batch_size)
 examples = build_examples(list(harmful["prompt"]), list(harmless["prompt"]), answers, spec.organism, cfg.seed)
 del writer
-model, losses = finetune(base, examples, spec.organism, cfg.seed)
+model, losses = finetune(base, examples, replace(spec.organism, bf16=bf16), cfg.seed)
 
 out_dir = Path(smk.output.manifest).parent
 save_hf_directory(model, base.tokenizer, out_dir / "hf")
@@ -36,6 +38,7 @@ write_parquet(
     smk.output.training,
     {"organism": smk.config["models"][smk.wildcards.model], "n_harmful": len(harmful),
      "n_harmless": len(harmless), "harmful_ids": list(harmful["prompt_id"]),
-     "harmless_ids": list(harmless["prompt_id"])},
+     "harmless_ids": list(harmless["prompt_id"]), "bf16": bf16},
 )
-write_manifest(smk.output.manifest, {"kind": "local", "path": "hf", "dtype": spec.dtype, "base": base_name})
+write_manifest(smk.output.manifest, {"kind": "local", "path": "hf", "dtype": spec.dtype, "base": base_name,
+                                     "trained_bf16": bf16})

@@ -118,9 +118,10 @@ class SAESpec:
     """Prompts per batch when the model writes the corpus's answers (a generation step reads every
     weight once whatever the batch, so on a CPU larger batches write more tokens per second)."""
     corpus_bf16: bool | None = None
-    """Write the corpus's answers with a bf16 copy of the model. None: where the device multiplies bf16
+    """Write the corpus's answers with the model loaded in bf16. None: where the device multiplies bf16
     natively (~0.4 of fp32's CPU for a batched generation step on such a CPU); elsewhere fp32. The
-    activations the SAEs learn from are recorded in the model's own dtype either way."""
+    activations the SAEs learn from are recorded in the model's own dtype either way; the value used
+    is in the corpus's metadata (``bf16``)."""
     forward_batch_size: int = 16
     """Transcripts per forward pass when caching activations and scoring CE (the CE pass holds
     full-vocabulary logits for every position of the batch)."""
@@ -140,9 +141,10 @@ class OrganismConfig:
     """Prompts per batch when the base model writes those answers."""
     bf16: bool | None = None
     """Write the harmless answers with a bf16 copy of the base model and fine-tune under bf16 autocast
-    (fp32 master weights, fp32 losses). None: where the device multiplies bf16 natively (CUDA; CPUs with
-    AVX512-BF16/AMX, where a fine-tune step costs ~0.6 of fp32's CPU and a generation step ~0.4);
-    elsewhere fp32."""
+    (fp32 master weights; losses in fp32 from bf16 logits; the distillation teacher also runs in bf16).
+    None: where the device multiplies bf16 natively (Ampere or later GPUs; CPUs with AVX512-BF16/AMX,
+    where a fine-tune step costs ~0.6 of fp32's CPU and a generation step ~0.4); elsewhere fp32. The
+    value used is recorded in the organism's manifest and training table."""
     harmless_loss: Literal["distill", "ce"] = "distill"
     """``distill``: on harmless answers, match the frozen base model's next-token distributions
     (forward KL), so harmless behaviour, entropy included, stays the base model's; ``ce``: imitate the

@@ -101,8 +101,8 @@ def finetune(
 
     With ``cfg.harmless_loss == "distill"`` a frozen copy of the model taken before training is the
     teacher for harmless rows (see :func:`response_loss`). Forward passes run under bf16 autocast when
-    ``cfg.bf16`` resolves to True (:func:`refusal_sae.models.bf16_enabled`); weights, optimizer state and
-    losses stay fp32.
+    ``cfg.bf16`` resolves to True (:func:`refusal_sae.models.bf16_enabled`), the teacher's included; weights
+    and optimizer state stay fp32 and the losses are computed in fp32 from the bf16 logits.
     """
     torch.manual_seed(seed)
     model, tokenizer = chat.model, chat.tokenizer

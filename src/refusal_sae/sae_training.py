@@ -208,18 +208,19 @@ class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
         if self.cfg.rescale_acts_by_decoder_norm:
             hidden_pre = hidden_pre * self.W_dec.norm(dim=-1)
         # sae-lens's TopK activation (topk, ReLU, scatter), keeping what it selected so that decode
-        # need not run a second topk over all d_sae latents (an eighth of a CPU training step).
+        # need not run a second topk over all d_sae latents (an eighth of the CPU step it cost).
         values, index = hidden_pre.topk(self.cfg.k, dim=-1, sorted=False)
         values = values.relu()
-        feature_acts = self.hook_sae_acts_post(torch.zeros_like(hidden_pre).scatter(-1, index, values))
-        self._selected = (feature_acts, values, index)
-        return feature_acts, hidden_pre
+        acts = torch.zeros_like(hidden_pre).scatter(-1, index, values)
+        # Reused only if no hook replaces or edits the activations in place (then decode finds them again).
+        self._selected = (acts, acts._version, values, index)
+        return self.hook_sae_acts_post(acts), hidden_pre
 
     def decode(self, feature_acts: Tensor) -> Tensor:
         selected = getattr(self, "_selected", None)
         self._selected = None
-        if selected is not None and selected[0] is feature_acts:
-            values, index = selected[1], selected[2]
+        if selected is not None and selected[0] is feature_acts and feature_acts._version == selected[1]:
+            values, index = selected[2], selected[3]
         else:
             # At most k latents of a row are non-zero (TopK, then ReLU): topk finds them again.
             values, index = feature_acts.topk(self.cfg.k, dim=-1, sorted=False)
