@@ -47,7 +47,7 @@ def fast_bf16(device: str | torch.device) -> bool:
     """Whether ``device`` multiplies bf16 natively: a CUDA GPU from Ampere on (compute capability 8), a CPU
     when oneDNN reports AVX512-BF16/AMX.
 
-    There bf16 matrix products run ~2-3x faster than fp32 (on a 2-core Sapphire Rapids: a training step
+    There bf16 matrix products run ~2-3x faster than fp32 (on a 2-core Xeon with AMX: a training step
     of the SAE or the organism ~1.8x, a batched generation step ~2.5x); elsewhere bf16 on a CPU is
     emulated and slower, so callers keep fp32.
     """
