@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from gguf_writer import write_llama_gguf
+from tiny import save_tiny_chat_model
 
 from refusal_sae.models import (
     ChatModel,
-    bf16_copy,
     bf16_enabled,
     derive_facts,
     fast_bf16,
     greedy_generate,
+    load_chat_model,
     load_pretrained,
     prepare_tokenizer,
     save_hf_directory,
@@ -184,7 +185,6 @@ def test_bf16_setting_resolves_to_the_device_unless_given() -> None:
     assert bf16_enabled(True, "cpu") and not bf16_enabled(False, "cpu")
 
 
-
 @pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((8, 0), True), ((9, 0), True)])
 def test_bf16_is_native_on_gpus_from_ampere_on(monkeypatch, capability, native) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -192,9 +192,10 @@ def test_bf16_is_native_on_gpus_from_ampere_on(monkeypatch, capability, native) 
     assert fast_bf16("cuda") is native
 
 
-def test_bf16_copy_writes_in_bf16_and_leaves_the_model_alone(tiny_chat: ChatModel) -> None:
-    copy = bf16_copy(tiny_chat)
-    assert {p.dtype for p in copy.model.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in tiny_chat.model.parameters()} == {torch.float32}
-    assert copy.tokenizer is tiny_chat.tokenizer and copy.facts == tiny_chat.facts
-    assert len(greedy_generate(copy, PROMPTS[:2], max_new_tokens=3)) == 2
+def test_a_manifest_loads_in_bf16_when_asked(tiny_chat: ChatModel, tmp_path: Path) -> None:
+    """The organism's and the corpus's bf16 writers: the same model and tokenizer facts, bf16 weights."""
+    save_tiny_chat_model(tiny_chat, tmp_path)
+    writer = load_chat_model(tmp_path / "manifest.json", ("I",), "cpu", dtype="bfloat16")
+    assert {p.dtype for p in writer.model.parameters()} == {torch.bfloat16}
+    assert writer.facts == tiny_chat.facts
+    assert len(greedy_generate(writer, PROMPTS[:2], max_new_tokens=3)) == 2

@@ -140,7 +140,7 @@ class OrganismConfig:
     answer_batch_size: int = 16
     """Prompts per batch when the base model writes those answers."""
     bf16: bool | None = None
-    """Write the harmless answers with a bf16 copy of the base model and fine-tune under bf16 autocast
+    """Write the harmless answers with the base model loaded in bf16 and fine-tune under bf16 autocast
     (fp32 master weights; losses in fp32 from bf16 logits; the distillation teacher also runs in bf16).
     None: where the device multiplies bf16 natively (Ampere or later GPUs; CPUs with AVX512-BF16/AMX,
     where a fine-tune step costs ~0.6 of fp32's CPU and a generation step ~0.4); elsewhere fp32. The

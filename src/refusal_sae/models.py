@@ -9,7 +9,6 @@ its tokenizer, never tabled per family.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -148,14 +147,6 @@ class ChatModel:
             self.render(prompts), return_tensors="pt", padding=True, add_special_tokens=False
         )
         return {k: v.to(self.device) for k, v in batch.items()}
-
-
-def bf16_copy(chat: ChatModel) -> ChatModel:
-    """A bf16 copy of ``chat`` (same tokenizer and facts) for writing text faster; ``chat`` is untouched
-    (and returned as it is when already bf16)."""
-    if chat.model.dtype == torch.bfloat16:
-        return chat
-    return ChatModel(copy.deepcopy(chat.model).to(torch.bfloat16), chat.tokenizer, chat.facts)
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str | None = None) -> str:
