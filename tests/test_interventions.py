@@ -26,6 +26,7 @@ from refusal_sae.interventions import (
     call_offset,
     decoder_layers,
     intervene,
+    resume_after,
     run_until,
 )
 from refusal_sae.models import ChatModel
@@ -322,6 +323,48 @@ def test_run_until_stops_after_the_last_needed_layer(tiny_chat: ChatModel) -> No
     # The hooks are gone afterwards: a plain forward records nothing more.
     _logits(tiny_chat, PROMPTS)
     assert len(recorder.outputs[1]) == 1 and 3 not in recorder.outputs
+
+
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_a_forward_resumed_from_the_clean_stream_equals_the_full_forward(
+    tiny_chat: ChatModel, tiny_saes: dict[int, nn.Module], layer: int
+) -> None:
+    batch = tiny_chat.tokenize(PROMPTS)
+    clean = _recorded(tiny_chat, PROMPTS, layer)
+    direction = torch.randn(tiny_chat.facts.d_model, generator=torch.Generator().manual_seed(layer))
+    edits = [SAEReconstruction({layer: tiny_saes[layer]}, PositionMask("from", 1)), ActivationAddition(direction, layer)]
+    full = _logits(tiny_chat, PROMPTS, edits)
+    ran: list[int] = []
+    blocks = decoder_layers(tiny_chat.model)
+    handles = [next(block.children()).register_forward_pre_hook(lambda *_, i=i: ran.append(i))
+               for i, block in enumerate(blocks)]
+    try:
+        with torch.no_grad(), resume_after(tiny_chat.model, layer, clean), intervene(tiny_chat.model, edits):
+            resumed = tiny_chat.model(**batch, use_cache=False).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == list(range(layer + 1, len(blocks)))  # the blocks up to `layer` did not compute
+    torch.testing.assert_close(resumed, full, atol=1e-6, rtol=0)
+    assert (full - _logits(tiny_chat, PROMPTS)).abs().max() > 1e-3  # the edits matter
+    # Afterwards every block is itself again.
+    assert all("forward" not in block.__dict__ for block in blocks)
+    torch.testing.assert_close(_logits(tiny_chat, PROMPTS), _logits(tiny_chat, PROMPTS, [Recorder([0])]))
+
+
+def test_resuming_refuses_to_lose_an_earlier_edit_or_the_kv_cache(tiny_chat: ChatModel) -> None:
+    batch = tiny_chat.tokenize(PROMPTS)
+    clean = _recorded(tiny_chat, PROMPTS, 2)
+    with pytest.raises(ValueError, match="edit at layer 1 would be lost"), torch.no_grad():
+        with resume_after(tiny_chat.model, 2, clean), intervene(tiny_chat.model, [ZeroAblation([1])]):
+            tiny_chat.model(**batch, use_cache=False)
+    with pytest.raises(ValueError, match="use_cache=False"), torch.no_grad():
+        with resume_after(tiny_chat.model, 2, clean):
+            tiny_chat.model(**batch, use_cache=True)
+    with pytest.raises(ValueError, match="shape"), torch.no_grad():
+        with resume_after(tiny_chat.model, 2, clean[:1]):
+            tiny_chat.model(**batch, use_cache=False)
+    assert all("forward" not in block.__dict__ for block in decoder_layers(tiny_chat.model))
 
 
 # --- the nnsight backend -------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,6 +22,14 @@ GEMMA = SAESpec(type="pretrained", layers="all", release="gemma-scope-2b-pt-res-
 GEMMA_16K = SAESpec(type="pretrained", layers="all", release="gemma-scope-2b-pt-res-canonical",
                     id_template="layer_{layer}/width_16k/canonical")
 LLAMA = SAESpec(type="pretrained", layers="all", release="llama_scope_lxr_8x", id_template="l{layer}r_8x")
+
+
+def test_jobs_that_load_no_sae_do_not_import_sae_lens():
+    # sae-lens's import costs ~5 s of CPU per job; most entry scripts import the pipeline module.
+    code = ("import sys, refusal_sae.pipeline, refusal_sae.generation, refusal_sae.methods, refusal_sae.judges; "
+            "print('sae_lens' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_resolve_layers():

@@ -536,3 +536,63 @@ def run_until(model: nn.Module, edits: Sequence[ResidualEdit], last_layer: int, 
     """Forward ``inputs`` with ``edits``, stopping after ``last_layer`` (for activation caching)."""
     with intervene(model, edits, stop_after=last_layer), contextlib.suppress(StopForward):
         model(**inputs, use_cache=False)
+
+
+@contextlib.contextmanager
+def resume_after(model: nn.Module, layer: int, hidden: Tensor) -> Iterator[None]:
+    """Forward calls inside the block start from ``h_layer = hidden``: blocks ``0..layer`` do not run.
+
+    For scoring many edits at or after one layer against one clean prefix (an SAE splice per layer,
+    steering at a layer): record the clean ``h_layer`` once (:class:`Recorder`), then each edited
+    forward computes only the blocks after ``layer``, with the same values as a full forward. The
+    embeddings still run, so the model derives masks and positions from its usual inputs; each
+    skipped block returns its input, block ``layer`` returns ``hidden`` (cast to the stream's dtype and
+    device), and edits at ``layer`` entered with :func:`intervene` act on it. Exact for decoder stacks
+    whose blocks communicate only through the residual stream, in forwards without a KV cache.
+
+    ``hidden`` must have the batch's shape ``[batch, length, d_model]``. An edit at a layer before
+    ``layer`` would be lost, so a skipped block whose output was changed by a hook raises
+    ``ValueError`` (an edit at the embeddings, layer ``-1``, cannot be seen here: do not combine them).
+    """
+    blocks = decoder_layers(model)
+    if not 0 <= layer < len(blocks):
+        raise ValueError(f"resume_after: layer {layer} is outside the model's {len(blocks)} blocks")
+    passed: list[Tensor] = []  # what each skipped block of the current call returned
+
+    def check(index: int, hidden_states: Tensor, kwargs: dict) -> None:
+        if any(isinstance(value, Cache) for value in kwargs.values()):
+            raise ValueError("resume_after: the skipped blocks would leave the KV cache empty; use use_cache=False")
+        if index == 0:
+            passed.clear()
+        elif hidden_states is not passed[-1]:
+            raise ValueError(f"resume_after: an edit at layer {index - 1} would be lost (the stream resumes "
+                             f"after layer {layer})")
+
+    def skip(index: int):
+        def forward(hidden_states: Tensor, *args, **kwargs) -> Tensor:
+            check(index, hidden_states, kwargs)
+            passed.append(hidden_states)
+            return hidden_states
+
+        return forward
+
+    def start(hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        check(layer, hidden_states, kwargs)
+        if hidden_states.shape != hidden.shape:
+            raise ValueError(f"resume_after: hidden has shape {tuple(hidden.shape)}, the forward's stream "
+                             f"{tuple(hidden_states.shape)}")
+        return hidden.to(hidden_states)
+
+    # An instance attribute shadows the class's forward; anything already set there is put back.
+    saved = {index: blocks[index].__dict__.get("forward") for index in range(layer + 1)}
+    for index in range(layer):
+        blocks[index].forward = skip(index)
+    blocks[layer].forward = start
+    try:
+        yield
+    finally:
+        for index, forward in saved.items():
+            if forward is None:
+                del blocks[index].forward
+            else:
+                blocks[index].forward = forward

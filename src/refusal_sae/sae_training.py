@@ -33,6 +33,7 @@ from .interventions import (
     SAEReconstruction,
     ZeroAblation,
     intervene,
+    resume_after,
     run_until,
 )
 from .io import publish_directory
@@ -448,13 +449,17 @@ def sae_quality(
     batches = [b for b in _length_sorted_batches([len(r) for r in ids], batch_size) if any(ids[i] for i in b)]
     for batch in tqdm(batches, desc="SAE CE"):
         input_ids, mask = _left_pad([ids[i] for i in batch], pad_id)
-        total, n = _ce_sums(chat, input_ids, mask, [])
+        clean = Recorder(layers)
+        total, n = _ce_sums(chat, input_ids, mask, [clean])
         sums["clean"] += total
         count += n
         for layer in layers:
-            reconstruction = SAEReconstruction({layer: saes[layer]}, trained_positions)
-            sums[f"sae_{layer}"] += _ce_sums(chat, input_ids, mask, [reconstruction])[0]
-            sums[f"zero_{layer}"] += _ce_sums(chat, input_ids, mask, [ZeroAblation([layer], trained_positions)])[0]
+            # Both replacements act at `layer`: the blocks before it would recompute the clean stream.
+            with resume_after(chat.model, layer, clean.outputs[layer][0]):
+                reconstruction = SAEReconstruction({layer: saes[layer]}, trained_positions)
+                sums[f"sae_{layer}"] += _ce_sums(chat, input_ids, mask, [reconstruction])[0]
+                zero = ZeroAblation([layer], trained_positions)
+                sums[f"zero_{layer}"] += _ce_sums(chat, input_ids, mask, [zero])[0]
     if count == 0:
         raise ValueError("sae_quality: the texts contain no scorable tokens")
     ce_clean = sums["clean"] / count

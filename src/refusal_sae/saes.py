@@ -18,11 +18,13 @@ import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-from sae_lens import SAE
+from typing import TYPE_CHECKING
 
 from .config import SAESpec
 from .models import resolve_dtype
+
+if TYPE_CHECKING:  # importing sae-lens costs ~5 s of CPU: only the jobs that load SAEs pay it
+    from sae_lens import SAE
 
 
 def resolve_layers(spec: SAESpec, n_layers: int) -> list[int]:
@@ -112,6 +114,8 @@ def load_saes(
     """
     resolve_dtype(spec.dtype)  # fail on a bad dtype name before any download
     layers = [int(layer) for layer in layers]
+    from sae_lens import SAE
+
     saes: dict[int, SAE] = {}
     if spec.type == "pretrained":
         ids = sae_release_ids(spec, layers)
