@@ -144,8 +144,11 @@ def score_candidates(
         chosen_layers = range(n_layers) if layers is None else sorted(set(layers))
         grid = [(layer, p) for layer in chosen_layers for p in range(n_positions)]
 
-    # Base harmless logits are shared by every candidate's KL.
-    base_harmless = last_position_logits(chat, harmless_val, (), batch_size)
+    # Base harmless logits are shared by every candidate's KL; their clean streams let each steering
+    # pass (an addition at one layer) skip the blocks before that layer.
+    steered_layers = sorted({layer for layer, _ in grid if layer < cutoff or pinned is not None})
+    clean_harmless = Recorder(steered_layers)
+    base_harmless = last_position_logits(chat, harmless_val, [clean_harmless], batch_size)
     refusal_ids = chat.facts.refusal_token_ids
     rows = []
     for layer, p in tqdm(grid, desc="score directions", leave=False):
@@ -158,7 +161,8 @@ def score_candidates(
         ablation = [DirectionAblation.everywhere(vector, n_layers)]
         harmful_logits = last_position_logits(chat, harmful_val, ablation, batch_size)
         harmless_ablated = last_position_logits(chat, harmless_val, ablation, batch_size)
-        steered = last_position_logits(chat, harmless_val, [ActivationAddition(vector, layer)], batch_size)
+        steered = last_position_logits(chat, harmless_val, [ActivationAddition(vector, layer)], batch_size,
+                                       resume_from=(layer, clean_harmless.outputs.get(layer, [])))
         row["ablation_score"] = float(refusal_score_from_logits(harmful_logits, refusal_ids).mean())
         row["steering_score"] = float(refusal_score_from_logits(steered, refusal_ids).mean())
         row["kl"] = float(first_token_kl(base_harmless, harmless_ablated).mean())
