@@ -6,7 +6,10 @@ start; the run's wall time is the first start to the last end, and
 
     utilisation = sum(cpu_time) / (cores x wall)
 
-(1.0: every core busy for the whole run). Jobs are grouped by rule (the file name without its
+(1.0: every core busy for the whole run). Snakemake samples a job's CPU time every 30 s after its first
+~15 s and keeps the last sample, so each job's last seconds are missing and this undercounts
+(``benchmarks/benchmark_sampling.py`` measures by how much; ``benchmarks/run_times.py`` also prints the
+exact CPU of all processes). Jobs are grouped by rule (the file name without its
 wildcards is not recoverable in general, so the grouping is the file stem with trailing wildcard
 values cut at the first ``_`` that follows a known prefix; ``--by-file`` lists every job).
 
