@@ -104,11 +104,14 @@ def test_planted_direction_is_found_and_its_ablation_flips_refusal(planted):
     kept = frame[~frame["filtered"]]
     assert chosen["ablation_score"] == kept["ablation_score"].min()
     assert chosen["steering_score"] > 0 and chosen["kl"] < 0.1
-    # Steering resumes from the clean stream at its layer: the same scores as a full forward.
-    for row in frame[frame["layer"] == 1].itertuples():
-        addition = ActivationAddition(torch.from_numpy(row.vector), row.layer)
-        full, _ = refusal_scores(chat, val_l, [addition], batch_size=4)
-        assert row.steering_score == pytest.approx(float(full.mean()), abs=1e-5)
+    # Steering resumes from the clean stream at its layer: the same scores as a full forward, also
+    # when every prompt is its own batch (each batch resumes from its own stream).
+    one_per_batch = score_candidates(chat, candidates, val_h, val_l, batch_size=1, layers=[1])
+    for scored in (frame, one_per_batch):
+        for row in scored[scored["layer"] == 1].itertuples():
+            addition = ActivationAddition(torch.from_numpy(row.vector), row.layer)
+            full, _ = refusal_scores(chat, val_l, [addition], batch_size=4)
+            assert row.steering_score == pytest.approx(float(full.mean()), abs=1e-5)
 
     direction = chosen_direction(frame)
     assert direction.dtype == torch.float32

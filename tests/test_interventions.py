@@ -26,7 +26,6 @@ from refusal_sae.interventions import (
     call_offset,
     decoder_layers,
     intervene,
-    resume_after,
     run_until,
 )
 from refusal_sae.models import ChatModel
@@ -339,7 +338,7 @@ def test_a_forward_resumed_from_the_clean_stream_equals_the_full_forward(
     handles = [next(block.children()).register_forward_pre_hook(lambda *_, i=i: ran.append(i))
                for i, block in enumerate(blocks)]
     try:
-        with torch.no_grad(), resume_after(tiny_chat.model, layer, clean), intervene(tiny_chat.model, edits):
+        with torch.no_grad(), intervene(tiny_chat.model, edits, resume=(layer, clean)):
             resumed = tiny_chat.model(**batch, use_cache=False).logits
     finally:
         for handle in handles:
@@ -352,19 +351,42 @@ def test_a_forward_resumed_from_the_clean_stream_equals_the_full_forward(
     torch.testing.assert_close(_logits(tiny_chat, PROMPTS), _logits(tiny_chat, PROMPTS, [Recorder([0])]))
 
 
+@dataclass
+class InPlaceZero:
+    layers: Sequence[int]
+
+    def __call__(self, layer: int, hidden: Tensor, state: StreamState) -> Tensor:
+        return hidden.zero_()
+
+
 def test_resuming_refuses_to_lose_an_earlier_edit_or_the_kv_cache(tiny_chat: ChatModel) -> None:
     batch = tiny_chat.tokenize(PROMPTS)
     clean = _recorded(tiny_chat, PROMPTS, 2)
-    with pytest.raises(ValueError, match="edit at layer 1 would be lost"), torch.no_grad():
-        with resume_after(tiny_chat.model, 2, clean), intervene(tiny_chat.model, [ZeroAblation([1])]):
-            tiny_chat.model(**batch, use_cache=False)
+    direction = torch.ones(tiny_chat.facts.d_model)
+    for early in ([ZeroAblation([1])], [DirectionAblation.everywhere(direction, 4)], [Recorder([0])]):
+        with pytest.raises(ValueError, match="before the resume point"):
+            with intervene(tiny_chat.model, early, resume=(2, clean)):
+                pass
+    # A hook intervene does not know of cannot change the skipped stream either.
+    handle = decoder_layers(tiny_chat.model)[1].register_forward_hook(lambda module, args, output: output + 1)
+    try:
+        with pytest.raises(ValueError, match="edit at layer 1 would be lost"), torch.no_grad():
+            with intervene(tiny_chat.model, [], resume=(2, clean)):
+                tiny_chat.model(**batch, use_cache=False)
+    finally:
+        handle.remove()
     with pytest.raises(ValueError, match="use_cache=False"), torch.no_grad():
-        with resume_after(tiny_chat.model, 2, clean):
+        with intervene(tiny_chat.model, [], resume=(2, clean)):
             tiny_chat.model(**batch, use_cache=True)
     with pytest.raises(ValueError, match="shape"), torch.no_grad():
-        with resume_after(tiny_chat.model, 2, clean[:1]):
+        with intervene(tiny_chat.model, [], resume=(2, clean[:1])):
             tiny_chat.model(**batch, use_cache=False)
     assert all("forward" not in block.__dict__ for block in decoder_layers(tiny_chat.model))
+    # The recorded stream is not changed by an edit that writes in place.
+    kept = clean.clone()
+    with torch.no_grad(), intervene(tiny_chat.model, [InPlaceZero([2])], resume=(2, clean)):
+        tiny_chat.model(**batch, use_cache=False)
+    assert torch.equal(clean, kept)
 
 
 # --- the nnsight backend -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from refusal_sae.scoring import first_token_kl, refusal_score_from_logits
+from refusal_sae.scoring import first_token_kl, last_position_logits, refusal_score_from_logits
 
 
 def _softmax(values: list[float]) -> list[float]:
@@ -54,3 +54,9 @@ def test_first_token_kl_zero_for_equal_logits_and_matches_hand_computation() -> 
         p, q = _softmax(ref[i].tolist()), _softmax(other[i].tolist())
         hand = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
         assert kl[i].item() == pytest.approx(hand, rel=1e-4)
+
+
+def test_resumed_scoring_needs_one_recorded_stream_per_batch(tiny_chat) -> None:
+    prompts = ["a", "b c", "d e f"]
+    with pytest.raises(ValueError, match="2 streams for 3 batches"):
+        last_position_logits(tiny_chat, prompts, [], batch_size=1, resume_from=(1, [torch.zeros(1), torch.zeros(1)]))

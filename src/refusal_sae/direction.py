@@ -144,8 +144,8 @@ def score_candidates(
         chosen_layers = range(n_layers) if layers is None else sorted(set(layers))
         grid = [(layer, p) for layer in chosen_layers for p in range(n_positions)]
 
-    # Base harmless logits are shared by every candidate's KL; their clean streams let each steering
-    # pass (an addition at one layer) skip the blocks before that layer.
+    # Base harmless logits are shared by every candidate's KL; their clean streams (float32, every
+    # steered layer, every harmless prompt) let each steering pass skip the blocks before its layer.
     steered_layers = sorted({layer for layer, _ in grid if layer < cutoff or pinned is not None})
     clean_harmless = Recorder(steered_layers)
     base_harmless = last_position_logits(chat, harmless_val, [clean_harmless], batch_size)

@@ -473,12 +473,23 @@ def intervene(
     model: nn.Module,
     edits: Sequence[ResidualEdit],
     stop_after: int | None = None,
+    resume: tuple[int, Tensor] | None = None,
 ) -> Iterator[StreamState]:
     """Apply ``edits`` in order at their layers for every forward call inside the block.
 
     ``stop_after``: raise :class:`StopForward` once layer ``stop_after`` has run (activation caching
-    needs no later layer). Yields the :class:`StreamState` the edits see.
+    needs no later layer). ``resume=(layer, hidden)``: the forward calls start from ``h_layer = hidden``
+    (a clean stream recorded earlier by a :class:`Recorder` over the same batch) and blocks
+    ``0..layer`` do not run, so scoring many edits at or after one layer against one clean prefix (an
+    SAE splice per layer, steering at a layer) computes only the later blocks, with the same values
+    as a full forward. Edits must then act at ``layer`` or later (``ValueError`` otherwise), and the
+    forward calls must not use a KV cache. Yields the :class:`StreamState` the edits see.
     """
+    if resume is not None:
+        early = sorted({int(layer) for edit in edits for layer in edit.layers if int(layer) < resume[0]})
+        if early:
+            raise ValueError(f"intervene: edits at layers {early} come before the resume point (layer "
+                             f"{resume[0]}) and would never run")
     state = StreamState()
     layers = decoder_layers(model)
     base = getattr(model, "model", model)
@@ -526,7 +537,8 @@ def intervene(
         module = embedding_module(model) if layer == -1 else layers[layer]
         handles.append(module.register_forward_hook(make_hook(layer)))
     try:
-        yield state
+        with _resume_after(model, *resume) if resume is not None else contextlib.nullcontext():
+            yield state
     finally:
         for handle in handles:
             handle.remove()
@@ -539,33 +551,26 @@ def run_until(model: nn.Module, edits: Sequence[ResidualEdit], last_layer: int, 
 
 
 @contextlib.contextmanager
-def resume_after(model: nn.Module, layer: int, hidden: Tensor) -> Iterator[None]:
-    """Forward calls inside the block start from ``h_layer = hidden``: blocks ``0..layer`` do not run.
+def _resume_after(model: nn.Module, layer: int, hidden: Tensor) -> Iterator[None]:
+    """Blocks ``0..layer`` do not compute: each skipped block returns its input and block ``layer``
+    returns a copy of ``hidden`` in the stream's dtype and device (see :func:`intervene`'s ``resume``).
 
-    For scoring many edits at or after one layer against one clean prefix (an SAE splice per layer,
-    steering at a layer): record the clean ``h_layer`` once (:class:`Recorder`), then each edited
-    forward computes only the blocks after ``layer``, with the same values as a full forward. The
-    embeddings still run, so the model derives masks and positions from its usual inputs; each
-    skipped block returns its input, block ``layer`` returns ``hidden`` (cast to the stream's dtype and
-    device), and edits at ``layer`` entered with :func:`intervene` act on it. Exact for decoder stacks
-    whose blocks communicate only through the residual stream, in forwards without a KV cache.
-
-    ``hidden`` must have the batch's shape ``[batch, length, d_model]``. An edit at a layer before
-    ``layer`` would be lost, so a skipped block whose output was changed by a hook raises
-    ``ValueError`` (an edit at the embeddings, layer ``-1``, cannot be seen here: do not combine them).
+    The embeddings still run, so the model derives masks and positions from its usual inputs; this is
+    exact for decoder stacks whose blocks communicate only through the residual stream. A skipped
+    block whose output a hook changed (an edit :func:`intervene` did not know of) raises ``ValueError``.
     """
     blocks = decoder_layers(model)
     if not 0 <= layer < len(blocks):
-        raise ValueError(f"resume_after: layer {layer} is outside the model's {len(blocks)} blocks")
+        raise ValueError(f"resume: layer {layer} is outside the model's {len(blocks)} blocks")
     passed: list[Tensor] = []  # what each skipped block of the current call returned
 
     def check(index: int, hidden_states: Tensor, kwargs: dict) -> None:
         if any(isinstance(value, Cache) for value in kwargs.values()):
-            raise ValueError("resume_after: the skipped blocks would leave the KV cache empty; use use_cache=False")
+            raise ValueError("resume: the skipped blocks would leave the KV cache empty; use use_cache=False")
         if index == 0:
             passed.clear()
         elif hidden_states is not passed[-1]:
-            raise ValueError(f"resume_after: an edit at layer {index - 1} would be lost (the stream resumes "
+            raise ValueError(f"resume: an edit at layer {index - 1} would be lost (the stream resumes "
                              f"after layer {layer})")
 
     def skip(index: int):
@@ -579,9 +584,9 @@ def resume_after(model: nn.Module, layer: int, hidden: Tensor) -> Iterator[None]
     def start(hidden_states: Tensor, *args, **kwargs) -> Tensor:
         check(layer, hidden_states, kwargs)
         if hidden_states.shape != hidden.shape:
-            raise ValueError(f"resume_after: hidden has shape {tuple(hidden.shape)}, the forward's stream "
+            raise ValueError(f"resume: hidden has shape {tuple(hidden.shape)}, the forward's stream "
                              f"{tuple(hidden_states.shape)}")
-        return hidden.to(hidden_states)
+        return hidden.to(hidden_states, copy=True)  # edits must not change the recorded stream
 
     # An instance attribute shadows the class's forward; anything already set there is put back.
     saved = {index: blocks[index].__dict__.get("forward") for index in range(layer + 1)}

@@ -33,7 +33,6 @@ from .interventions import (
     SAEReconstruction,
     ZeroAblation,
     intervene,
-    resume_after,
     run_until,
 )
 from .io import publish_directory
@@ -402,13 +401,17 @@ def reconstruction_stats(sae: SAE, activations: Tensor, chunk: int = 4096) -> di
     }
 
 
-def _ce_sums(chat: ChatModel, input_ids: Tensor, mask: Tensor, edits: Sequence[ResidualEdit]) -> tuple[float, int]:
+def _ce_sums(
+    chat: ChatModel, input_ids: Tensor, mask: Tensor, edits: Sequence[ResidualEdit],
+    resume: tuple[int, Tensor] | None = None,
+) -> tuple[float, int]:
     """Summed next-token cross-entropy and the number of scored targets under ``edits``.
 
     A target counts when it and the token predicting it are both real (pads excluded on both sides).
+    ``resume``: as in :func:`~refusal_sae.interventions.intervene`.
     """
     device = chat.device
-    with intervene(chat.model, edits):
+    with intervene(chat.model, edits, resume=resume):
         logits = chat.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
     logits = logits[:, :-1].float()
     targets = input_ids[:, 1:].to(device)
@@ -455,11 +458,11 @@ def sae_quality(
         count += n
         for layer in layers:
             # Both replacements act at `layer`: the blocks before it would recompute the clean stream.
-            with resume_after(chat.model, layer, clean.outputs[layer][0]):
-                reconstruction = SAEReconstruction({layer: saes[layer]}, trained_positions)
-                sums[f"sae_{layer}"] += _ce_sums(chat, input_ids, mask, [reconstruction])[0]
-                zero = ZeroAblation([layer], trained_positions)
-                sums[f"zero_{layer}"] += _ce_sums(chat, input_ids, mask, [zero])[0]
+            resume = (layer, clean.outputs[layer][0])
+            reconstruction = SAEReconstruction({layer: saes[layer]}, trained_positions)
+            sums[f"sae_{layer}"] += _ce_sums(chat, input_ids, mask, [reconstruction], resume)[0]
+            zero = ZeroAblation([layer], trained_positions)
+            sums[f"zero_{layer}"] += _ce_sums(chat, input_ids, mask, [zero], resume)[0]
     if count == 0:
         raise ValueError("sae_quality: the texts contain no scorable tokens")
     ce_clean = sums["clean"] / count

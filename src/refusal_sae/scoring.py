@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .interventions import EditsForRows, ResidualEdit, edits_for_rows, intervene, resume_after
+from .interventions import EditsForRows, ResidualEdit, edits_for_rows, intervene
 from .models import ChatModel
 
 
@@ -33,17 +33,20 @@ def last_position_logits(
     ``edits`` may be a callable taking the row slice of the batch, for per-prompt interventions.
     ``resume_from=(layer, streams)``: each batch starts from its clean ``h_layer`` (``streams[i]`` for
     the ``i``-th batch, as a :class:`~refusal_sae.interventions.Recorder` at ``layer`` of an earlier
-    call over the same prompts and ``batch_size`` holds them) instead of recomputing it
-    (:func:`~refusal_sae.interventions.resume_after`); ``edits`` must then act at ``layer`` or later.
+    call over the same prompts and ``batch_size`` holds them) instead of recomputing it (``resume`` of
+    :func:`~refusal_sae.interventions.intervene`); ``edits`` must then act at ``layer`` or later.
     """
+    n_batches = math.ceil(len(prompts) / batch_size)
+    if resume_from is not None and len(resume_from[1]) != n_batches:
+        raise ValueError(f"resume_from holds {len(resume_from[1])} streams for {n_batches} batches: record them "
+                         "over the same prompts and batch_size")
     out = []
     for index, start in enumerate(range(0, len(prompts), batch_size)):
         rows = slice(start, min(start + batch_size, len(prompts)))
         batch_edits = edits_for_rows(edits, rows)
         batch = chat.tokenize(prompts[rows])
-        resume = (resume_after(chat.model, resume_from[0], resume_from[1][index]) if resume_from is not None
-                  else contextlib.nullcontext())
-        with resume, intervene(chat.model, batch_edits):
+        resume = (resume_from[0], resume_from[1][index]) if resume_from is not None else None
+        with intervene(chat.model, batch_edits, resume=resume):
             # Only the last position is read: skip the unembedding of every other one.
             logits = chat.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
