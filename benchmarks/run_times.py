@@ -3,7 +3,8 @@
 Runs ``snakemake --cores N --workflow-profile profiles/default`` in the working directory (the first
 run does whatever is not done yet: on a fresh checkout, everything), then once more with nothing
 changed, and prints both wall times, the CPU time of all their processes, and the first run's
-utilisation from its benchmark files (``benchmarks/utilisation.py``).
+utilisation from its benchmark files and from the exact resources line each job logs
+(``benchmarks/utilisation.py``).
 
 Usage: python benchmarks/run_times.py [--cores 2] [-- extra snakemake arguments]
 """
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from utilisation import job_table, summary  # noqa: E402
+from utilisation import job_table, logged_jobs, summary  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -38,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--workflow-profile",
            "profiles/default", *args.extra]
+    started = time.time()
     first_wall, first_cpu = timed(cmd)
     again_wall, again_cpu = timed(cmd)
     print(f"first run: wall {first_wall / 60:.1f} min, CPU {first_cpu / 60:.1f} min "
@@ -47,6 +49,11 @@ def main() -> None:
     if not jobs.empty:
         total = summary(jobs, args.cores)
         print(f"benchmark files: {total['jobs']} jobs, CPU {total['cpu_s'] / 60:.1f} min, "
+              f"utilisation {total['utilisation']:.3f}")
+    jobs = logged_jobs(Path("logs"), since=started)
+    if not jobs.empty:
+        total = summary(jobs, args.cores)
+        print(f"job logs (exact): {total['jobs']} jobs, CPU {total['cpu_s'] / 60:.1f} min, "
               f"utilisation {total['utilisation']:.3f}")
 
 

@@ -8,17 +8,19 @@ start; the run's wall time is the first start to the last end, and
 
 (1.0: every core busy for the whole run). Snakemake samples a job's CPU time every 30 s after its first
 ~15 s and keeps the last sample, so each job's last seconds are missing and this undercounts
-(``benchmarks/benchmark_sampling.py`` measures by how much; ``benchmarks/run_times.py`` also prints the
-exact CPU of all processes). Jobs are grouped by rule (the file name without its
+(``benchmarks/benchmark_sampling.py`` measures by how much). ``--logs logs`` reads instead the line every
+entry script logs when its process exits (``refusal_sae.runtime.start``: exact CPU of the process, its
+threads and children, with its start and end), the latest one of each log. Jobs are grouped by rule (the file name without its
 wildcards is not recoverable in general, so the grouping is the file stem with trailing wildcard
 values cut at the first ``_`` that follows a known prefix; ``--by-file`` lists every job).
 
-Usage: python benchmarks/utilisation.py [benchmarks/out] [--cores 2] [--by-file]
+Usage: python benchmarks/utilisation.py [benchmarks/out] [--cores 2] [--by-file] [--logs logs]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +46,28 @@ def job_table(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_RESOURCES = re.compile(r"job resources: cpu_s=(?P<cpu>[\d.]+) wall_s=(?P<wall>[\d.]+) "
+                        r"start=(?P<start>[\d.]+) end=(?P<end>[\d.]+)")
+
+
+def logged_jobs(root: Path, since: float | None = None) -> pd.DataFrame:
+    """One row per job log (``root/**/*.log``) whose latest resources line ended after ``since`` (epoch
+    seconds; every one when None): the same columns as :func:`job_table`, the rule group being the
+    log's folder under ``root``."""
+    rows = []
+    for path in sorted(root.rglob("*.log")):
+        found = _RESOURCES.findall(path.read_text(errors="replace"))
+        if not found:
+            continue
+        cpu, wall, start, end = (float(v) for v in found[-1])
+        if since is not None and end < since:
+            continue
+        relative = path.relative_to(root)
+        rows.append({"file": str(relative), "rule": str(relative.parent if len(relative.parts) > 1 else relative.stem),
+                     "start": start, "end": end, "wall_s": wall, "cpu_s": cpu})
+    return pd.DataFrame(rows, columns=["file", "rule", "start", "end", "wall_s", "cpu_s"])
+
+
 def summary(jobs: pd.DataFrame, cores: int) -> dict[str, float]:
     """Run wall time, total CPU time and utilisation of the jobs in ``jobs``."""
     wall = float(jobs["end"].max() - jobs["start"].min())
@@ -56,10 +80,11 @@ def main() -> None:
     parser.add_argument("root", nargs="?", default="benchmarks/out", type=Path)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--by-file", action="store_true", help="one row per job instead of per rule")
+    parser.add_argument("--logs", type=Path, help="read the jobs' exact resources lines under this folder instead")
     args = parser.parse_args()
-    jobs = job_table(args.root)
+    jobs = logged_jobs(args.logs) if args.logs else job_table(args.root)
     if jobs.empty:
-        raise SystemExit(f"{args.root}: no benchmark files")
+        raise SystemExit(f"{args.logs or args.root}: no " + ("job resources lines" if args.logs else "benchmark files"))
     key = "file" if args.by_file else "rule"
     table = jobs.groupby(key).agg(jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"))
     table = table.sort_values("cpu_s", ascending=False)

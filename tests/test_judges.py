@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from tiny import save_tiny_chat_model
@@ -147,3 +152,32 @@ def test_local_judge_directory_loads(tiny_chat, tmp_path):
     save_tiny_chat_model(tiny_chat, tmp_path)
     judge, reason = load_model_judge("llamaguard", str(tmp_path / "hf"), device="cpu")
     assert reason == "" and isinstance(judge, LlamaGuardJudge) and judge.name == "llamaguard"
+
+
+def test_a_judge_without_local_weights_is_skipped_without_loading_torch(tmp_path):
+    # The judge job of a run without judge weights (the embedded default) applies the substring list
+    # only: torch and transformers would cost most of its CPU.
+    code = ("import sys\n"
+            "from refusal_sae.judges import load_model_judge\n"
+            "judge, reason = load_model_judge('harmbench_cls', None)\n"
+            "print(judge is None, 'not available locally' in reason, 'torch' in sys.modules,"
+            " 'transformers' in sys.modules)\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.split() == ["True", "True", "False", "False"]
+
+
+def test_a_hub_judge_in_the_local_cache_counts_as_stored(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from refusal_sae.judges import _stored_locally
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert not _stored_locally("org/judge")
+    snapshot = tmp_path / "models--org--judge" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--judge" / "refs").mkdir()
+    (tmp_path / "models--org--judge" / "refs" / "main").write_text("abc123")
+    assert _stored_locally("org/judge")
+    assert not _stored_locally(str(tmp_path / "absent" / "dir"))

@@ -8,14 +8,17 @@ judge is never silently replaced by another.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .models import pick_device, resolve_dtype
-
+# torch and transformers are imported where a model judge is loaded or run: the judge job of a run
+# without local judge weights (the embedded default) only applies the substring list, and importing
+# them cost most of its CPU.
 log = logging.getLogger(__name__)
 
 _JBB_REFUSAL_SUBSTRINGS = (
@@ -112,9 +115,14 @@ class ModelJudge:
         """Normalised label of a decoded judge output (``"unparsed"`` when unrecognised)."""
         raise NotImplementedError
 
-    @torch.no_grad()
     def raw_outputs(self, behaviors: Sequence[str], completions: Sequence[str]) -> list[str]:
         """Decoded greedy outputs of the judge for each pair."""
+        import torch
+
+        with torch.no_grad():
+            return self._raw_outputs(behaviors, completions)
+
+    def _raw_outputs(self, behaviors: Sequence[str], completions: Sequence[str]) -> list[str]:
         if len(behaviors) != len(completions):
             raise ValueError(f"{len(behaviors)} behaviours for {len(completions)} completions")
         device = next(self.model.parameters()).device
@@ -227,12 +235,17 @@ def load_model_judge(
     ``(None, reason)`` naming the judge and where it looked; the reason belongs in the metrics so a
     skipped judge stays visible. ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if name not in JUDGES:
         return None, f"judge {name!r}: unknown (known: {', '.join(sorted(JUDGES))})"
     cls, default_location = JUDGES[name]
     where = location or default_location
+    if not _stored_locally(where):
+        return None, _skipped(name, where, OSError(f"{where!r} is neither a directory nor a model in the local "
+                                                   "Hugging Face cache"))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import pick_device, resolve_dtype
+
     torch_device = pick_device(device)
     dtype = dtype or ("bfloat16" if torch_device.type == "cuda" else "float32")
     try:
@@ -241,8 +254,26 @@ def load_model_judge(
             where, local_files_only=True, dtype=resolve_dtype(dtype)
         )
     except (OSError, ValueError) as exc:
-        reason = f"judge {name!r} skipped: weights not available locally at {where!r} ({type(exc).__name__})"
-        log.warning("%s: %s", reason, exc)
-        return None, reason
+        return None, _skipped(name, where, exc)
     model.to(torch_device).eval()
     return cls(model=model, tokenizer=tokenizer, batch_size=batch_size), ""
+
+
+def _skipped(name: str, where: str, exc: Exception) -> str:
+    """The reason a judge is skipped (it goes into the metrics), logged with the error."""
+    reason = f"judge {name!r} skipped: weights not available locally at {where!r} ({type(exc).__name__})"
+    log.warning("%s: %s", reason, exc)
+    return reason
+
+
+def _stored_locally(location: str) -> bool:
+    """Whether ``location`` is a directory or a hub id with a config in the local Hugging Face cache
+    (checked without importing transformers)."""
+    if os.path.isdir(location):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(location, "config.json"), str)
+    except ValueError:  # not a valid repo id either
+        return False

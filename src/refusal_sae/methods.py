@@ -4,20 +4,17 @@ name to what is done to the residual stream during scoring and generation."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from torch import Tensor
 
-from .interventions import (
-    ActivationAddition,
-    DirectionAblation,
-    EditsForRows,
-    FeatureEdit,
-    PositionMask,
-    ResidualEdit,
-    rows_of,
-)
-from .selection import feature_set_to_edit_inputs
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .interventions import EditsForRows, FeatureEdit, PositionMask, ResidualEdit
+
+# The edits' modules (torch) are imported where edits are built: the config check and the table jobs
+# read only the method names.
 
 BASE = "base"
 DIRECTION_ABLATION = "direction_ablation"
@@ -53,6 +50,9 @@ def feature_edit(
 ) -> FeatureEdit:
     """A ``FeatureEdit`` for a global or per-prompt set (its top ``k`` per scope), rows aligned with
     ``prompt_ids``."""
+    from .interventions import FeatureEdit, PositionMask
+    from .selection import feature_set_to_edit_inputs
+
     features, row_active = feature_set_to_edit_inputs(top_of(feature_set, k), list(prompt_ids))
     missing = sorted(set(features) - set(saes))
     if missing:
@@ -81,6 +81,8 @@ def method_edits(
     every position; feature-set methods apply ``mode`` with ``value`` to the top ``k`` latents of their set
     (sets are fitted larger than the main K* so that the grid can use its sizes).
     """
+    from .interventions import ActivationAddition, DirectionAblation, rows_of
+
     if method == BASE:
         return ()
     if method == ACTIVATION_ADDITION:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import ast
+import atexit
 import hashlib
 import logging
+import os
 import random
+import resource
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .config import PipelineConfig, load_pipeline_config
 
@@ -20,20 +23,59 @@ from .config import PipelineConfig, load_pipeline_config
 def start(log_path: str | None, threads: int, config: Mapping[str, Any]) -> PipelineConfig:
     """Send stderr (progress bars, warnings) to ``log_path``, set torch threads and seeds.
 
-    Returns the typed config.
+    torch is set up only when the entry script has imported it by now (through the library modules it
+    imports): the table and report jobs never load it (it costs seconds of CPU per job), and a script
+    that imports it later still gets ``threads`` through ``OMP_NUM_THREADS`` (and seeds it with
+    :func:`seed_everything`). Returns the typed config.
     """
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives for the whole job
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(max(1, int(threads)))
+    atexit.register(_log_job_resources, _process_start())
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(threads)))
     cfg = load_pipeline_config(config)
-    seed_everything(cfg.seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, int(threads)))
+        seed_everything(cfg.seed)
+    else:
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
     return cfg
+
+
+JOB_RESOURCES = "job resources:"
+"""Start of the log line :func:`start` writes when the job's process exits (``benchmarks/utilisation.py``
+reads it)."""
+
+
+def _process_start() -> float:
+    """Epoch seconds at which this process started (when :func:`start` ran, where that is unknown)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except (ImportError, OSError):
+        return time.time()
+
+
+def _log_job_resources(started: float) -> None:
+    """Log the whole process's CPU (all threads, and children waited for) and wall seconds.
+
+    Snakemake's benchmark files sample a job's CPU every 30 s after its first seconds and keep the last
+    sample, so they miss up to 30 s of each job; this line is exact.
+    """
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    end = time.time()
+    logging.getLogger(__name__).info("%s cpu_s=%.3f wall_s=%.3f start=%.3f end=%.3f max_rss_mib=%.0f",
+                                     JOB_RESOURCES, cpu, end - started, started, end, own.ru_maxrss / 1024)
 
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
