@@ -58,6 +58,12 @@ LIBDIR = Path(workflow.basedir) / "src" / "refusal_sae"
 # is the one long job with nothing beside it: it gets them all.
 JOB_THREADS = max(1, workflow.cores // 2)
 SERIAL_THREADS = workflow.cores
+# Among ready jobs a higher priority goes first (results never depend on the order). The SAE chain
+# (corpus, activations, one-thread trainings of every layer) is the longest path after the organism: run
+# first, it leaves the short jobs that need no SAE to fill the core beside the last odd layer, where the
+# core would otherwise idle. The LA-IG train set, AP and the feature sets gate the global sets'
+# generations, most of the jobs after the SAEs.
+CRITICAL_PATH = 1
 
 
 def code_version(*modules):

@@ -91,6 +91,7 @@ rule attribution:
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes"),
         settings=settings(*LA_IG_KEYS, attribution_keys),
+    priority: lambda w: CRITICAL_PATH if w.attr_set == "train" else 0
     threads: JOB_THREADS
     conda:
         ENV
@@ -111,6 +112,7 @@ rule ap_attribution:
     params:
         code=code_version("attribution", "interventions", "pipeline", "saes", "config"),
         settings=settings(*LA_IG_KEYS, "attribution.max_prompts", "selection.k_star", "evaluation.grid.k_stars"),
+    priority: CRITICAL_PATH
     threads: JOB_THREADS
     conda:
         ENV
@@ -176,6 +178,7 @@ rule feature_sets:
     params:
         code=code_version("selection", "attribution", "pipeline", "saes", "config"),
         settings=settings("selection.k_star", "evaluation.grid.k_stars", "attribution.aggregate_from", "seed"),
+    priority: CRITICAL_PATH
     threads: JOB_THREADS
     conda:
         ENV

@@ -13,6 +13,7 @@ rule sae_corpus:
         code=code_version("models", "generation", "data"),
         settings=settings(*(f"models.{{model}}.saes.{k}" for k in ("corpus_max_prompts", "corpus_new_tokens",
                             "corpus_batch_size", "corpus_bf16")), "seed"),
+    priority: CRITICAL_PATH
     threads: JOB_THREADS
     conda:
         ENV
@@ -33,6 +34,7 @@ rule sae_activations:
     params:
         code=code_version("sae_training", "saes", "interventions"),
         settings=settings(*(f"models.{{model}}.saes.{k}" for k in ("layers", "max_length", "forward_batch_size"))),
+    priority: CRITICAL_PATH
     threads: JOB_THREADS
     conda:
         ENV
@@ -52,6 +54,7 @@ rule train_sae:
     params:
         code=code_version("sae_training", "models"),
         settings=settings(*(f"models.{{model}}.saes.{k}" for k in SAE_TRAINING_KEYS), "seed"),
+    priority: CRITICAL_PATH
     threads: JOB_THREADS
     conda:
         ENV

@@ -55,3 +55,19 @@ def test_bad_config_fails_before_any_job(tmp_path):
     result = dry_run("--config", "attribution={'k0': 'ten'}", "--directory", str(tmp_path))
     assert result.returncode != 0
     assert "config.attribution.k0: expected an integer" in result.stdout + result.stderr
+
+
+def test_the_sae_chain_and_the_sets_gating_generation_go_first(tmp_path):
+    # Scheduling only (no result depends on it): among ready jobs, the SAE chain and the jobs the global
+    # feature sets wait for run before the short jobs that can fill a core later.
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--directory", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    prioritised = set()
+    for block in re.split(r"\n(?=rule \w+:)", result.stdout + result.stderr):
+        head = re.match(r"rule (\w+):", block)
+        if head and re.search(r"^\s+priority: 1$", block, re.M):
+            wildcards = re.search(r"attr_set=(\w+)", block)
+            prioritised.add(head.group(1) + (f"[{wildcards.group(1)}]" if wildcards else ""))
+    assert prioritised == {"sae_corpus", "sae_activations", "train_sae", "attribution[train]", "ap_attribution",
+                           "feature_sets"}
