@@ -89,3 +89,13 @@ def test_start_leaves_torch_unloaded_but_sets_its_threads(tmp_path: Path) -> Non
             "import torch\n"
             "print(loaded, torch.get_num_threads())\n")
     assert _child(code, tmp_path).stdout.split() == ["False", "1"]
+
+
+def test_the_modules_of_the_table_and_report_jobs_do_not_load_torch(tmp_path: Path) -> None:
+    # The judge (without local judge weights), dataset, manifest, report and summary jobs import only
+    # these; torch and transformers would be most of their CPU.
+    modules = ("runtime", "io", "config", "judges", "data", "report", "saes", "methods")
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module('refusal_sae.' + name)\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
+    assert _child(code, tmp_path).stdout.split() == ["False", "False"]

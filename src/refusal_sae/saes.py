@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import SAESpec
-from .models import resolve_dtype
 
 if TYPE_CHECKING:  # importing sae-lens costs ~5 s of CPU: only the jobs that load SAEs pay it
     from sae_lens import SAE
@@ -92,6 +91,8 @@ def _finalise(sae: SAE, layer: int, d_model: int, dtype: str, device: str, spec:
     if hook is not None and hook != expected_hook:
         # A different hook (e.g. resid_pre of the next block) is often the same tensor, so warn only.
         warnings.warn(f"SAE for layer {layer} was trained on {hook!r}, expected {expected_hook!r}", stacklevel=3)
+    from .models import resolve_dtype
+
     sae = sae.to(device=device, dtype=resolve_dtype(dtype))
     sae.eval()
     for parameter in sae.parameters():
@@ -112,6 +113,8 @@ def load_saes(
     first, so a wrong template fails before any download); ``local``/``train`` use
     ``SAE.load_from_disk``. A width mismatch is an error naming the layer and both sizes.
     """
+    from .models import resolve_dtype
+
     resolve_dtype(spec.dtype)  # fail on a bad dtype name before any download
     layers = [int(layer) for layer in layers]
     from sae_lens import SAE
