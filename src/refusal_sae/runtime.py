@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import functools
 import hashlib
 import logging
 import os
@@ -21,7 +22,8 @@ from .config import PipelineConfig, load_pipeline_config
 
 
 def start(log_path: str | None, threads: int, config: Mapping[str, Any]) -> PipelineConfig:
-    """Send stderr (progress bars, warnings) to ``log_path``, set torch threads and seeds.
+    """Send stderr (progress bars, warnings) to ``log_path``, set torch threads and seeds, and log the
+    process's exact CPU and wall time when it exits (the ``job resources:`` line).
 
     torch is set up only when the entry script has imported it by now (through the library modules it
     imports): the table and report jobs never load it (it costs seconds of CPU per job), and a script
@@ -32,7 +34,7 @@ def start(log_path: str | None, threads: int, config: Mapping[str, Any]) -> Pipe
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives for the whole job
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    atexit.register(_log_job_resources, _process_start())
+    _log_resources_at_exit()
     os.environ["OMP_NUM_THREADS"] = str(max(1, int(threads)))
     cfg = load_pipeline_config(config)
     if "torch" in sys.modules:
@@ -47,6 +49,11 @@ def start(log_path: str | None, threads: int, config: Mapping[str, Any]) -> Pipe
 JOB_RESOURCES = "job resources:"
 """Start of the log line :func:`start` writes when the job's process exits (``benchmarks/utilisation.py``
 reads it)."""
+
+
+@functools.cache  # one line per process, however often start() runs
+def _log_resources_at_exit() -> None:
+    atexit.register(_log_job_resources, _process_start())
 
 
 def _process_start() -> float:
