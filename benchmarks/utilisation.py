@@ -9,10 +9,11 @@ start; the run's wall time is the first start to the last end, and
 (1.0: every core busy for the whole run). Snakemake samples a job's CPU time every 30 s after its first
 ~15 s and keeps the last sample, so each job's last seconds are missing and this undercounts
 (``benchmarks/benchmark_sampling.py`` measures by how much). ``--logs logs`` reads instead the line every
-entry script logs when its process exits (``refusal_sae.runtime.start``: exact CPU of the process, its
-threads and children, with its start and end), the latest one of each log. Jobs are grouped by rule (the file name without its
-wildcards is not recoverable in general, so the grouping is the file stem with trailing wildcard
-values cut at the first ``_`` that follows a known prefix; ``--by-file`` lists every job).
+entry script logs when its process exits (``refusal_sae.runtime.start``: the exact CPU of the process,
+its threads and children, with its start and end), the latest one of each log, grouped by the log's
+folder. Benchmark files are grouped by rule (the file name without its wildcards is not recoverable in
+general, so the grouping is the file stem with trailing wildcard values cut at the first ``_`` that
+follows a known prefix); ``--by-file`` lists every job.
 
 Usage: python benchmarks/utilisation.py [benchmarks/out] [--cores 2] [--by-file] [--logs logs]
 """
