@@ -35,10 +35,11 @@ def start(log_path: str | None, threads: int, config: Mapping[str, Any]) -> Pipe
         sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives for the whole job
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _log_resources_at_exit()
-    os.environ["OMP_NUM_THREADS"] = str(max(1, int(threads)))
+    threads = max(1, int(threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     cfg = load_pipeline_config(config)
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(max(1, int(threads)))
+        sys.modules["torch"].set_num_threads(threads)
         seed_everything(cfg.seed)
     else:
         random.seed(cfg.seed)
