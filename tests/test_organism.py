@@ -79,3 +79,27 @@ def test_bf16_setting_runs_the_forward_passes_in_bf16_and_keeps_fp32_weights(bf1
     finetune(chat, examples, OrganismConfig(epochs=1, batch_size=2, bf16=bf16), seed=0)
     assert seen == {torch.bfloat16 if bf16 else torch.float32}
     assert {p.dtype for p in chat.model.parameters()} == {torch.float32}
+
+
+def test_fused_adamw_fine_tunes_the_model_the_default_adamw_does(monkeypatch):
+    """The fine-tune steps with the fused AdamW kernel on a CPU and ends where the default AdamW ends, to
+    float precision."""
+    examples = [TrainingExample(p, "I cannot help with that.", True) for p in HARMFUL[:4]]
+    examples += [TrainingExample(p, "Sure, here is how.", False) for p in HARMLESS[:4]]
+    cfg = OrganismConfig(epochs=2, batch_size=4, lr=5e-3, freeze_embeddings=False, bf16=False)
+    fused = make_tiny_chat_model(n_layers=2)
+    finetune(fused, examples, cfg, seed=0)
+    adamw, flags = torch.optim.AdamW, []
+
+    def default_adamw(params, **kwargs):
+        flags.append(kwargs.pop("fused", None))
+        return adamw(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", default_adamw)
+    plain = make_tiny_chat_model(n_layers=2)
+    finetune(plain, examples, cfg, seed=0)
+    assert flags == [True]
+    initial = make_tiny_chat_model(n_layers=2).model
+    for (name, mine), theirs in zip(fused.model.named_parameters(), plain.model.parameters(), strict=True):
+        assert not torch.equal(mine, initial.get_parameter(name)), name
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)

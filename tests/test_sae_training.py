@@ -85,10 +85,12 @@ def test_topk_sae_learns_a_planted_sparse_dictionary():
     assert stats["l0"] <= 4.0
 
 
+@pytest.mark.parametrize("dead_every", [5, 37], ids=["more_dead_than_k_aux", "fewer_dead_than_k_aux"])
 @pytest.mark.parametrize("rescale", [True, False])
-def test_sparse_decode_training_sae_has_sae_lens_losses_and_gradients(rescale):
+def test_sparse_decode_training_sae_has_sae_lens_losses_and_gradients(rescale, dead_every):
     """The faster TopK training SAE computes sae-lens's TopK model: same losses (MSE and the dead-latent
-    auxiliary loss) and same gradients, to float precision."""
+    auxiliary loss) and same gradients, to float precision, whether the auxiliary loss picks the top
+    ``k_aux = 16`` of 52 dead latents or takes all 7."""
     cfg = TopKTrainingSAEConfig(k=8, d_in=32, d_sae=256, dtype="float32", device="cpu",
                                 rescale_acts_by_decoder_norm=rescale, metadata=SAEMetadata(hook_name="h"))
     torch.manual_seed(0)
@@ -99,7 +101,7 @@ def test_sparse_decode_training_sae_has_sae_lens_losses_and_gradients(rescale):
     sparse = SparseDecodeTopKTrainingSAE(cfg)
     sparse.load_state_dict(reference.state_dict())
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)) * 2
-    dead = torch.arange(256) % 5 == 0
+    dead = torch.arange(256) % dead_every == 0
     outputs = []
     for sae in (reference, sparse):
         step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0,
@@ -169,6 +171,29 @@ def test_training_is_bitwise_reproducible_for_a_seed(threads):
     for name, parameter in a.state_dict().items():
         assert torch.equal(parameter, b.state_dict()[name]), name
     assert not torch.equal(a.W_dec, c.W_dec)
+
+
+def test_fused_adam_trains_the_sae_that_sae_lens_adam_trains(monkeypatch):
+    """train_sae switches sae-lens's Adam to the fused kernel; the SAE it trains is the one sae-lens's own
+    optimiser trains, to float precision (dead latents and the auxiliary loss included)."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    data = _sparse_dictionary_data(n=2048)
+    spec = SAESpec(type="train", width_multiplier=4, k=3, training_tokens=4096, batch_size=256, lr=1e-2)
+    fused = train_sae(data, spec, seed=5, dead_window_tokens=512)
+    fit, flags = SAETrainer.fit, []
+
+    def unfused_fit(trainer):
+        flags.extend(group["fused"] for group in trainer.optimizer.param_groups)
+        for group in trainer.optimizer.param_groups:
+            group["fused"] = None
+        return fit(trainer)
+
+    monkeypatch.setattr(SAETrainer, "fit", unfused_fit)
+    plain = train_sae(data, spec, seed=5, dead_window_tokens=512)
+    assert flags and all(flags)
+    for name, parameter in fused.state_dict().items():
+        torch.testing.assert_close(parameter, plain.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_jumprelu_training_returns_inference_jumprelu():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import OrganismConfig
-from .models import ChatModel, bf16_enabled, render_chat
+from .models import ChatModel, bf16_enabled, fused_adam, render_chat
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def finetune(
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=fused_adam(chat.device))
     encoded = [encode_example(tokenizer, ex) for ex in examples]
     order = list(range(len(encoded)))
     rng = random.Random(seed)

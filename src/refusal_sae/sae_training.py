@@ -36,7 +36,7 @@ from .interventions import (
     run_until,
 )
 from .io import publish_directory
-from .models import ChatModel, fast_bf16
+from .models import ChatModel, fast_bf16, fused_adam
 
 SINK_TOKENS = 1
 """Leading tokens of every transcript left out of SAE training and of the CE-recovered splice.
@@ -234,7 +234,12 @@ class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
     def calculate_topk_aux_loss(
         self, sae_in: Tensor, sae_out: Tensor, hidden_pre: Tensor, dead_neuron_mask: Tensor | None,
     ) -> Tensor:
-        """sae-lens's TopK auxiliary loss (dead latents reconstruct the live ones' residual), sparsely."""
+        """sae-lens's TopK auxiliary loss (dead latents reconstruct the live ones' residual), sparsely.
+
+        sae-lens masks the live latents to -inf and runs a top-k over all ``d_sae``; here the top-k runs over
+        the dead latents' columns alone, and not at all when there are no more of them than ``k_aux`` (every
+        dead latent is then selected): the same selection, without two passes and a sort over ``[B, d_sae]``.
+        """
         if dead_neuron_mask is None or (num_dead := int(dead_neuron_mask.sum())) == 0:
             return sae_out.new_tensor(0.0)
         residual = (sae_in - sae_out).detach()
@@ -242,8 +247,13 @@ class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
         k_aux = sae_in.shape[-1] // 2
         scale = min(num_dead / k_aux, 1.0)
         k_aux = min(k_aux, num_dead)
-        top = torch.where(dead_neuron_mask[None], hidden_pre, -torch.inf).topk(k_aux, sorted=False)
-        recons = _sparse_decode(top.values.reshape(-1, k_aux), top.indices.reshape(-1, k_aux), self.W_dec,
+        dead = dead_neuron_mask.nonzero().squeeze(-1)
+        values = hidden_pre.reshape(-1, hidden_pre.shape[-1]).index_select(-1, dead)
+        index = dead.expand_as(values)
+        if num_dead > k_aux:
+            values, position = values.topk(k_aux, sorted=False)
+            index = index.gather(-1, position)
+        recons = _sparse_decode(values, index, self.W_dec,
                                 self.cfg.rescale_acts_by_decoder_norm).reshape(*hidden_pre.shape[:-1], -1)
         recons = self.reshape_fn_out(recons, self.d_head)
         auxk_loss = (recons - residual).pow(2).sum(dim=-1).mean()
@@ -333,6 +343,11 @@ def train_sae(
     data = activations.to(device) if device != "cpu" else activations
     trainer = SAETrainer(trainer_cfg, sae, _batches(data, batch_size, seed, device))
     trainer.activation_scaler.scaling_factor = scaling_factor
+    if fused_adam(device):
+        # sae-lens builds a default Adam; a param group's options are read at every step, so this makes
+        # its steps fused (set before the first step, when Adam creates its state).
+        for group in trainer.optimizer.param_groups:
+            group["fused"] = True
     trained = trainer.fit()
 
     # The training SAE's own conversion (TopK: decoder norms folded) is the sae-lens way to an
