@@ -252,7 +252,7 @@ class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
         index = dead.expand_as(values)
         if num_dead > k_aux:
             values, position = values.topk(k_aux, sorted=False)
-            index = index.gather(-1, position)
+            index = dead[position]
         recons = _sparse_decode(values, index, self.W_dec,
                                 self.cfg.rescale_acts_by_decoder_norm).reshape(*hidden_pre.shape[:-1], -1)
         recons = self.reshape_fn_out(recons, self.d_head)
