@@ -43,3 +43,30 @@ def test_seed_spread_summarises_rates_and_paired_differences_over_runs(tmp_path)
     paired = seed_spread.paired_spread(runs, "m").set_index("baseline").loc["cossim"]
     assert paired["mean"] == pytest.approx(0.2) and paired["min"] == 0.0 and paired["max"] == 0.4
     assert paired["runs_ours_better_p05"] == 2 and paired["runs_ours_worse_p05"] == 0
+
+
+def test_set_ablation_variants_keep_every_latent_they_name_and_no_other():
+    set_ablation = _script("set_ablation")
+    from refusal_sae.methods import top_of
+
+    top = pd.DataFrame({"scope": "global", "layer": [26, 26, 23, 26, 20], "feature": [5, 9, 1, 7, 3],
+                        "rank": range(5), "score": [5.0, 4.0, 3.0, 2.0, 1.0]})
+    without = set_ablation.variant_set(top, "26:9,23:1-")
+    # The clamp takes the top len(variant) by rank: a gap left by the removal must not let a latent back in.
+    kept = top_of(without, len(without))
+    assert list(zip(kept.layer, kept.feature)) == [(26, 5), (26, 7), (20, 3)]
+    added = set_ablation.variant_set(top, "17:4+")
+    assert list(zip(added.layer, added.feature))[-1] == (17, 4) and len(top_of(added, len(added))) == 6
+    alone = set_ablation.variant_set(top, "26:9,17:4")
+    assert list(zip(alone.layer, alone.feature)) == [(26, 9), (17, 4)] and list(alone["rank"]) == [0, 1]
+    assert len(set_ablation.variant_set(top, "-")) == 5
+    with pytest.raises(SystemExit, match="LAYER:FEATURE"):
+        set_ablation.variant_set(top, "26-9-")
+
+
+def test_set_ablation_merges_config_files_in_order(tmp_path):
+    set_ablation = _script("set_ablation")
+    (tmp_path / "a.yaml").write_text("evaluation: {max_prompts: 64, batch_size: 8}\nseed: 0\n")
+    (tmp_path / "b.yaml").write_text("evaluation: {max_prompts: 32}\n")
+    merged = set_ablation.merged_config([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert merged == {"evaluation": {"max_prompts": 32, "batch_size": 8}, "seed": 0}
