@@ -54,11 +54,11 @@ def test_set_ablation_variants_keep_every_latent_they_name_and_no_other():
     without = set_ablation.variant_set(top, "26:9,23:1-")
     # The clamp takes the top len(variant) by rank: a gap left by the removal must not let a latent back in.
     kept = top_of(without, len(without))
-    assert list(zip(kept.layer, kept.feature)) == [(26, 5), (26, 7), (20, 3)]
+    assert list(zip(kept.layer, kept.feature, strict=True)) == [(26, 5), (26, 7), (20, 3)]
     added = set_ablation.variant_set(top, "17:4+")
-    assert list(zip(added.layer, added.feature))[-1] == (17, 4) and len(top_of(added, len(added))) == 6
+    assert list(zip(added.layer, added.feature, strict=True))[-1] == (17, 4) and len(top_of(added, len(added))) == 6
     alone = set_ablation.variant_set(top, "26:9,17:4")
-    assert list(zip(alone.layer, alone.feature)) == [(26, 9), (17, 4)] and list(alone["rank"]) == [0, 1]
+    assert list(zip(alone.layer, alone.feature, strict=True)) == [(26, 9), (17, 4)] and list(alone["rank"]) == [0, 1]
     assert len(set_ablation.variant_set(top, "-")) == 5
     with pytest.raises(SystemExit, match="LAYER:FEATURE"):
         set_ablation.variant_set(top, "26-9-")
