@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from snakemake.utils import update_config
 
 from refusal_sae.generation import generate_scored
 from refusal_sae.io import read_parquet
@@ -31,17 +32,11 @@ from refusal_sae.runtime import start
 
 
 def merged_config(paths: list[Path]) -> dict:
-    """The config files merged in order, later keys replacing earlier ones (as ``--configfile a b`` does)."""
-
-    def merge(base: dict, update: dict) -> dict:
-        for key, value in update.items():
-            both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
-            base[key] = merge(base[key], value) if both_maps else value
-        return base
-
+    """The config files merged in order, later keys replacing earlier ones, as Snakemake's ``--configfile``
+    merges them."""
     config: dict = {}
     for path in paths:
-        config = merge(config, yaml.safe_load(path.read_text()) or {})
+        update_config(config, yaml.safe_load(path.read_text()) or {})
     return config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,14 @@ def test_random_set_is_distinct_seeded_and_in_range(tiny_saes):
     assert len(set(zip(a["layer"], a["feature"], strict=True))) == 30
     for layer, feature in zip(a["layer"], a["feature"], strict=True):
         assert 0 <= feature < tiny_saes[layer].W_dec.shape[0]
+
+
+def test_random_set_at_a_smaller_size_is_the_first_latents_of_a_larger_one():
+    # Real SAE sizes: numpy's choice without replacement switches to a size-dependent algorithm above
+    # 10,000 latents, where a draw of 20 is not the start of a draw of 30.
+    saes = {layer: SimpleNamespace(W_dec=np.empty((6000, 1))) for layer in (2, 5, 8)}
+    fitted, applied = random_set(saes, 30, seed=0), random_set(saes, 20, seed=0)
+    pd.testing.assert_frame_equal(fitted.head(20), applied)
 
 
 def test_actdiff_matches_unpadded_per_prompt_reference(tiny_chat, tiny_saes):

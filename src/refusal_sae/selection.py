@@ -195,14 +195,19 @@ def peak_regions(
 
 
 def random_set(saes: Mapping[int, SparseAutoencoder], k_star: int, seed: int = 0) -> pd.DataFrame:
-    """Random baseline: ``k_star`` distinct (layer, feature) pairs drawn uniformly over all SAE latents."""
+    """Random baseline: ``k_star`` distinct (layer, feature) pairs drawn uniformly over all SAE latents.
+
+    The draw is a prefix of one seeded permutation, so the first ``k`` of a set drawn at any larger size
+    are the set drawn at ``k``: sets are fitted at the grid's largest K* and applied by rank, and the
+    random control at the default K* must not change with the grid's sizes.
+    """
     _check_k(k_star)
     layers = sorted(saes)
     sizes = np.array([saes[layer].W_dec.shape[0] for layer in layers])
     total = int(sizes.sum())
     if k_star > total:
         raise ValueError(f"k_star={k_star} exceeds the {total} latents available")
-    flat = np.random.default_rng(seed).choice(total, size=k_star, replace=False)
+    flat = np.random.default_rng(seed).permutation(total)[:k_star]
     bounds = np.cumsum(sizes)
     which = np.searchsorted(bounds, flat, side="right")
     offsets = np.concatenate([[0], bounds[:-1]])
