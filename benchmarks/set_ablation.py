@@ -9,8 +9,8 @@ Run it from the finished run's folder (the code it imports is whatever ``refusal
 
 Each variant is ``NAME=LAYER:FEATURE,...`` followed by ``-`` (the set's top ``K*`` without those latents),
 ``+`` (the set plus them) or nothing (exactly those latents). The clamp, prompts, generation length and
-judge are the evaluation's (the config's clamp scale, ``evaluation.max_prompts`` first prompts, the
-substring judge), so ``full=-`` reproduces the run's own held-out rate for that set.
+judge are the evaluation's (the config's clamp scale, the prompts ``evaluation_rows`` selects as the
+evaluation does, the substring judge), so ``full=-`` reproduces the run's own held-out rate for that set.
 """
 
 from __future__ import annotations
@@ -41,12 +41,23 @@ def merged_config(paths: list[Path]) -> dict:
 
 
 def variant_set(top: pd.DataFrame, spec: str) -> pd.DataFrame:
-    """The latents of variant ``spec`` (``LAYER:FEATURE,...`` then ``-``, ``+`` or nothing) from set ``top``."""
+    """The latents of variant ``spec`` (``LAYER:FEATURE,...`` then ``-``, ``+`` or nothing) from set ``top``.
+
+    Raises ``SystemExit`` with one line for a malformed latent, a removal of a latent the set lacks, an
+    addition of one it has, or an empty result: each would report a rate under a name it does not measure.
+    """
     op = spec[-1] if spec and spec[-1] in "+-" else ""
-    try:
-        named = [tuple(int(part) for part in item.split(":")) for item in spec.rstrip("+-").split(",") if item]
-    except ValueError:
-        raise SystemExit(f"variant {spec!r}: latents are LAYER:FEATURE separated by commas") from None
+    named = []
+    for item in filter(None, spec.rstrip("+-").split(",")):
+        parts = item.split(":")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise SystemExit(f"variant {spec!r}: {item!r} is not LAYER:FEATURE")
+        named.append((int(parts[0]), int(parts[1])))
+    members = set(zip(top["layer"], top["feature"], strict=True))
+    if op == "-" and not set(named) <= members:
+        raise SystemExit(f"variant {spec!r}: the set has no latent {sorted(set(named) - members)}")
+    if op == "+" and set(named) & members:
+        raise SystemExit(f"variant {spec!r}: the set already has {sorted(set(named) & members)}")
     # Named latents rank after the set's own; ranks are then renumbered from 0, so a removal leaves no gap
     # that a top-k would refill with a latent outside the variant.
     extra = pd.DataFrame({"scope": "global", "layer": [layer for layer, _ in named],
@@ -56,29 +67,40 @@ def variant_set(top: pd.DataFrame, spec: str) -> pd.DataFrame:
         frame = top.loc[[key not in named for key in zip(top["layer"], top["feature"], strict=True)]]
     else:
         frame = pd.concat([top, extra], ignore_index=True) if op == "+" else extra
+    if frame.empty:
+        raise SystemExit(f"variant {spec!r}: no latent left (its rate would be the unedited model's)")
     return frame.sort_values("rank", kind="stable").assign(rank=range(len(frame)))
 
 
 def main() -> None:
+    """Check every variant against the set, then generate and judge each in turn and print its rate."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+", help="NAME=LAYER:FEATURE,...[-|+]")
     parser.add_argument("--method", required=True, help="a global set: results/{model}/features/{method}.parquet")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model", default="smollm2-organism")
     parser.add_argument("--configfile", nargs="+", type=Path, default=[Path("config/config.yaml")])
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the rates here (Parquet)")
     args = parser.parse_args()
 
-    cfg = start(None, 2, merged_config(args.configfile))
+    cfg = start(None, args.threads, merged_config(args.configfile))
     results = Path("results") / args.model
+    ranked = read_parquet(results / "features" / f"{args.method}.parquet")
+    if (ranked["scope"] != "global").any():
+        raise SystemExit(f"--method {args.method}: a per-prompt set; this script takes global sets only")
+    top = ranked.sort_values("rank").head(cfg.selection.k_star)
+    variants = {}
+    for variant in args.variants:
+        name, _, spec = variant.partition("=")
+        if not name or not spec:
+            raise SystemExit(f"variant {variant!r}: write NAME=LAYER:FEATURE,...[-|+] (NAME=- for the whole set)")
+        variants[name] = variant_set(top, spec)
     stage = open_stage(cfg, args.model, f"resources/models/{args.model}/manifest.json",
                        f"resources/saes/{args.model}/saes.json", results / "direction" / "direction.parquet")
     rows = evaluation_rows(read_parquet(f"resources/datasets/{args.dataset}.parquet"), cfg)
-    top = read_parquet(results / "features" / f"{args.method}.parquet").sort_values("rank").head(cfg.selection.k_star)
     rates = []
-    for variant in args.variants:
-        name, _, spec = variant.partition("=")
-        latents = variant_set(top, spec)
+    for name, latents in variants.items():
         began = time.time()
         edits = method_edits(args.method, rows["prompt_id"].tolist(), stage.chat.facts.n_layers, stage.direction,
                              stage.saes, latents, "scale", stage.spec.clamp_scale, k=len(latents))

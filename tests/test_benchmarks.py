@@ -60,8 +60,11 @@ def test_set_ablation_variants_keep_every_latent_they_name_and_no_other():
     alone = set_ablation.variant_set(top, "26:9,17:4")
     assert list(zip(alone.layer, alone.feature, strict=True)) == [(26, 9), (17, 4)] and list(alone["rank"]) == [0, 1]
     assert len(set_ablation.variant_set(top, "-")) == 5
-    with pytest.raises(SystemExit, match="LAYER:FEATURE"):
-        set_ablation.variant_set(top, "26-9-")
+    # Each of these would print a rate under a name it does not measure.
+    for spec, message in (("26-9-", "not LAYER:FEATURE"), ("26", "not LAYER:FEATURE"), ("1:2:3", "not LAYER:FEATURE"),
+                          ("26:8-", "has no latent"), ("26:9+", "already has"), ("26:5,26:9,23:1,26:7,20:3-", "no latent left")):
+        with pytest.raises(SystemExit, match=message):
+            set_ablation.variant_set(top, spec)
 
 
 def test_set_ablation_merges_config_files_in_order(tmp_path):

@@ -122,8 +122,7 @@ def test_random_set_is_distinct_seeded_and_in_range(tiny_saes):
 
 
 def test_random_set_at_a_smaller_size_is_the_first_latents_of_a_larger_one():
-    # Real SAE sizes: numpy's choice without replacement switches to a size-dependent algorithm above
-    # 10,000 latents, where a draw of 20 is not the start of a draw of 30.
+    # numpy's choice without replacement does not draw a size-20 set as the start of a size-30 one.
     saes = {layer: SimpleNamespace(W_dec=np.empty((6000, 1))) for layer in (2, 5, 8)}
     fitted, applied = random_set(saes, 30, seed=0), random_set(saes, 20, seed=0)
     pd.testing.assert_frame_equal(fitted.head(20), applied)
