@@ -53,22 +53,22 @@ def variant_set(top: pd.DataFrame, spec: str) -> pd.DataFrame:
         if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
             raise SystemExit(f"variant {spec!r}: {item!r} is not LAYER:FEATURE")
         named.append((int(parts[0]), int(parts[1])))
-    members = set(zip(top["layer"], top["feature"], strict=True))
-    if op == "-" and not set(named) <= members:
-        raise SystemExit(f"variant {spec!r}: the set has no latent {sorted(set(named) - members)}")
-    if op == "+" and set(named) & members:
-        raise SystemExit(f"variant {spec!r}: the set already has {sorted(set(named) & members)}")
-    # Named latents rank after the set's own; ranks are then renumbered from 0, so a removal leaves no gap
-    # that a top-k would refill with a latent outside the variant.
-    extra = pd.DataFrame({"scope": "global", "layer": [layer for layer, _ in named],
-                          "feature": [feature for _, feature in named], "score": 0.0,
-                          "rank": range(len(top), len(top) + len(named))})
+    keys = list(zip(top["layer"], top["feature"], strict=True))
+    if op == "-" and not set(named) <= set(keys):
+        raise SystemExit(f"variant {spec!r}: the set has no latent {sorted(set(named) - set(keys))}")
+    if op == "+" and set(named) & set(keys):
+        raise SystemExit(f"variant {spec!r}: the set already has {sorted(set(named) & set(keys))}")
     if op == "-":
-        frame = top.loc[[key not in named for key in zip(top["layer"], top["feature"], strict=True)]]
+        frame = top.loc[[key not in named for key in keys]]
     else:
+        # Named latents rank after the set's own.
+        extra = pd.DataFrame({"scope": "global", "layer": [layer for layer, _ in named],
+                              "feature": [feature for _, feature in named], "score": 0.0,
+                              "rank": range(len(top), len(top) + len(named))})
         frame = pd.concat([top, extra], ignore_index=True) if op == "+" else extra
     if frame.empty:
         raise SystemExit(f"variant {spec!r}: no latent left (its rate would be the unedited model's)")
+    # Ranks renumbered from 0: a removal leaves no gap that a top-k would refill with a latent outside the variant.
     return frame.sort_values("rank", kind="stable").assign(rank=range(len(frame)))
 
 
