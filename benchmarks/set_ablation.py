@@ -24,9 +24,10 @@ import yaml
 from snakemake.utils import update_config
 
 from refusal_sae.generation import generate_scored
-from refusal_sae.io import read_parquet
+from refusal_sae.io import read_parquet, write_parquet
 from refusal_sae.judges import substring_judge
 from refusal_sae.methods import method_edits
+from refusal_sae.metrics import rate_row
 from refusal_sae.pipeline import evaluation_rows, open_stage
 from refusal_sae.runtime import start
 
@@ -107,13 +108,13 @@ def main() -> None:
         completions, _ = generate_scored(stage.chat, rows["prompt"].tolist(), edits,
                                          cfg.evaluation.max_new_tokens, cfg.evaluation.batch_size)
         refused = substring_judge(completions, cfg.evaluation.judge_ignore_case)
-        rate = 1 - sum(refused) / len(refused)
-        rates.append({"variant": name, "latents": len(latents), "dataset": args.dataset, "jailbreak_rate": rate,
-                      "n": len(refused)})
-        print(f"{name}: {len(latents)} latents, jailbreak rate {rate:.3f} (n {len(refused)}), "
-              f"{time.time() - began:.0f} s", flush=True)
+        row = rate_row(args.method, args.dataset, "jailbreak_rate", [not r for r in refused], judge="substring",
+                       variant=name, latents=len(latents))
+        rates.append(row)
+        print(f"{name}: {len(latents)} latents, jailbreak rate {row['value']:.3f} "
+              f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] (n {row['n']}), {time.time() - began:.0f} s", flush=True)
     if args.out:
-        pd.DataFrame(rates).to_parquet(args.out)
+        write_parquet(pd.DataFrame(rates), args.out)
 
 
 if __name__ == "__main__":
